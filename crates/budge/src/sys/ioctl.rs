@@ -1,0 +1,293 @@
+//! Typed wrappers for the ioctls rustix does not wrap: FICLONERANGE, FIEMAP,
+//! EXT4_IOC_MOVE_EXT, XFS_IOC_EXCHANGE_RANGE and FS_IOC_SHUTDOWN.
+//!
+//! Each kernel struct is `#[repr(C)]` with the layout from the kernel's uapi
+//! headers, checked by a size assertion; each call goes through
+//! [`rustix::ioctl::ioctl`] with an [`Ioctl`](rustix::ioctl::Ioctl) pattern
+//! whose opcode encodes that struct's size.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd};
+
+use rustix::ioctl::{ioctl, opcode, Opcode, Setter, Updater};
+
+/// `struct file_clone_range` from `<linux/fs.h>`.
+#[repr(C)]
+struct FileCloneRange {
+    src_fd: i64,
+    src_offset: u64,
+    src_length: u64,
+    dest_offset: u64,
+}
+const _: () = assert!(std::mem::size_of::<FileCloneRange>() == 32);
+const FICLONERANGE: Opcode = opcode::write::<FileCloneRange>(0x94, 13);
+
+/// `ioctl(dst, FICLONERANGE, {src, src_offset, len, dst_offset})`: make
+/// `dst[dst_offset..+len]` share `src[src_offset..+len]`'s blocks.
+///
+/// A `len` of 0 means "to the end of `src`". Offsets and length must be
+/// multiples of the filesystem block size, except that the range may end at
+/// the source's EOF.
+///
+/// # Errors
+/// `EOPNOTSUPP` where the filesystem has no reflinks, `EXDEV` across
+/// filesystems, `EINVAL` for misaligned or (same file) overlapping ranges.
+///
+/// # References
+/// - <https://man7.org/linux/man-pages/man2/ioctl_ficlonerange.2.html>
+#[doc(alias = "FICLONERANGE")]
+pub fn ficlonerange<D: AsFd, S: AsFd>(
+    dst: D,
+    dst_offset: u64,
+    src: S,
+    src_offset: u64,
+    len: u64,
+) -> io::Result<()> {
+    let arg = FileCloneRange {
+        src_fd: i64::from(src.as_fd().as_raw_fd()),
+        src_offset,
+        src_length: len,
+        dest_offset: dst_offset,
+    };
+    // SAFETY: FICLONERANGE is a write ioctl taking a pointer to
+    // `struct file_clone_range`, whose layout `FileCloneRange` reproduces (size
+    // asserted above); the kernel only reads it, and `src_fd` is a borrowed,
+    // open descriptor for the duration of the call.
+    unsafe { ioctl(dst, Setter::<FICLONERANGE, FileCloneRange>::new(arg)) }.map_err(Into::into)
+}
+
+/// `struct fiemap` header from `<linux/fiemap.h>`.
+#[repr(C)]
+#[derive(Default)]
+struct FiemapHeader {
+    fm_start: u64,
+    fm_length: u64,
+    fm_flags: u32,
+    fm_mapped_extents: u32,
+    fm_extent_count: u32,
+    fm_reserved: u32,
+}
+const _: () = assert!(std::mem::size_of::<FiemapHeader>() == 32);
+
+/// `struct fiemap_extent` from `<linux/fiemap.h>`.
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct FiemapExtentRaw {
+    fe_logical: u64,
+    fe_physical: u64,
+    fe_length: u64,
+    fe_reserved64: [u64; 2],
+    fe_flags: u32,
+    fe_reserved: [u32; 3],
+}
+const _: () = assert!(std::mem::size_of::<FiemapExtentRaw>() == 56);
+
+const FIEMAP_BATCH: usize = 256;
+
+/// `struct fiemap` followed by room for `FIEMAP_BATCH` extents.
+#[repr(C)]
+struct FiemapBuf {
+    header: FiemapHeader,
+    extents: [FiemapExtentRaw; FIEMAP_BATCH],
+}
+// The opcode encodes the size of the header only, as in the kernel's
+// `#define FS_IOC_FIEMAP _IOWR('f', 11, struct fiemap)`.
+const FS_IOC_FIEMAP: Opcode = opcode::read_write::<FiemapHeader>(b'f', 11);
+
+/// Ask the kernel to write back dirty data before mapping.
+pub const FIEMAP_FLAG_SYNC: u32 = 0x1;
+
+/// One extent as FIEMAP reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawExtent {
+    /// Byte offset in the file.
+    pub logical: u64,
+    /// Byte offset on the device (0 when unknown).
+    pub physical: u64,
+    /// Length in bytes.
+    pub length: u64,
+    /// `FIEMAP_EXTENT_*` flags.
+    pub flags: u32,
+}
+
+/// `ioctl(fd, FS_IOC_FIEMAP, ...)`: every extent overlapping
+/// `[start, start+len)`, fetched in batches until the kernel reports the last.
+///
+/// # Errors
+/// `EOPNOTSUPP` where the filesystem has no FIEMAP (tmpfs), `EBADR` for
+/// unsupported flags.
+///
+/// # References
+/// - <https://docs.kernel.org/filesystems/fiemap.html>
+#[doc(alias = "FS_IOC_FIEMAP")]
+pub fn fiemap<Fd: AsFd>(fd: Fd, start: u64, len: u64, flags: u32) -> io::Result<Vec<RawExtent>> {
+    let fd = fd.as_fd();
+    let end = start.saturating_add(len);
+    let mut out = Vec::new();
+    let mut at = start;
+    let mut buf = Box::new(FiemapBuf {
+        header: FiemapHeader::default(),
+        extents: [FiemapExtentRaw::default(); FIEMAP_BATCH],
+    });
+    while at < end {
+        buf.header = FiemapHeader {
+            fm_start: at,
+            fm_length: end - at,
+            fm_flags: flags,
+            fm_extent_count: FIEMAP_BATCH as u32,
+            ..FiemapHeader::default()
+        };
+        // SAFETY: FS_IOC_FIEMAP reads the header and writes at most
+        // `fm_extent_count` (= FIEMAP_BATCH, the array's length) extents after
+        // it; `FiemapBuf` is `repr(C)` with the header first and the array
+        // directly after it, as in `struct fiemap`.
+        unsafe { ioctl(fd, Updater::<FS_IOC_FIEMAP, FiemapBuf>::new(&mut buf)) }?;
+        let n = (buf.header.fm_mapped_extents as usize).min(FIEMAP_BATCH);
+        if n == 0 {
+            break;
+        }
+        let mut last = false;
+        for e in &buf.extents[..n] {
+            out.push(RawExtent {
+                logical: e.fe_logical,
+                physical: e.fe_physical,
+                length: e.fe_length,
+                flags: e.fe_flags,
+            });
+            last |= e.fe_flags & crate::extents::flags::LAST != 0;
+        }
+        let tail = &buf.extents[n - 1];
+        let next = tail.fe_logical.saturating_add(tail.fe_length);
+        if last || next <= at {
+            break;
+        }
+        at = next;
+    }
+    Ok(out)
+}
+
+/// `struct move_extent` from `<linux/ext4.h>` (`fs/ext4/ext4.h`).
+#[repr(C)]
+struct MoveExtent {
+    reserved: u32,
+    donor_fd: u32,
+    orig_start: u64,
+    donor_start: u64,
+    len: u64,
+    moved_len: u64,
+}
+const _: () = assert!(std::mem::size_of::<MoveExtent>() == 40);
+const EXT4_IOC_MOVE_EXT: Opcode = opcode::read_write::<MoveExtent>(b'f', 15);
+
+/// `ioctl(orig, EXT4_IOC_MOVE_EXT, {donor, orig_start, donor_start, len})`:
+/// exchange the physical blocks of `orig` and `donor` over `len` blocks
+/// (units are filesystem blocks), keeping `orig`'s content. Returns the
+/// number of blocks moved.
+///
+/// # Errors
+/// `ENOTTY`/`EOPNOTSUPP` outside ext4; `EINVAL` for unallocated donor blocks.
+///
+/// # References
+/// - <https://www.kernel.org/doc/html/latest/filesystems/ext4/> (e4defrag)
+#[doc(alias = "EXT4_IOC_MOVE_EXT")]
+pub fn ext4_move_ext<O: AsFd, D: AsFd>(
+    orig: O,
+    donor: D,
+    orig_start: u64,
+    donor_start: u64,
+    len: u64,
+) -> io::Result<u64> {
+    let mut arg = MoveExtent {
+        reserved: 0,
+        donor_fd: u32::try_from(donor.as_fd().as_raw_fd()).map_err(|_| io::ErrorKind::InvalidInput)?,
+        orig_start,
+        donor_start,
+        len,
+        moved_len: 0,
+    };
+    // SAFETY: EXT4_IOC_MOVE_EXT reads and updates a `struct move_extent`,
+    // reproduced by `MoveExtent` (size asserted); `donor_fd` is an open,
+    // borrowed descriptor for the duration of the call.
+    unsafe { ioctl(orig, Updater::<EXT4_IOC_MOVE_EXT, MoveExtent>::new(&mut arg)) }?;
+    Ok(arg.moved_len)
+}
+
+/// `struct xfs_exchange_range` from `<xfs/xfs_fs.h>` (Linux 6.10+).
+#[repr(C)]
+struct XfsExchangeRange {
+    file1_fd: i32,
+    pad: u32,
+    file1_offset: u64,
+    file2_offset: u64,
+    length: u64,
+    flags: u64,
+}
+const _: () = assert!(std::mem::size_of::<XfsExchangeRange>() == 40);
+const XFS_IOC_EXCHANGE_RANGE: Opcode = opcode::write::<XfsExchangeRange>(b'X', 129);
+
+/// `ioctl(file2, XFS_IOC_EXCHANGE_RANGE, {file1, ...})`: atomically exchange
+/// `len` bytes of `file1` at `file1_offset` with `file2` at `file2_offset`.
+///
+/// # Errors
+/// `ENOTTY` on kernels or filesystems without it; `EOPNOTSUPP` on XFS
+/// filesystems made without the exchange-range feature.
+///
+/// # References
+/// - <https://man7.org/linux/man-pages/man2/ioctl_xfs_exchange_range.2.html>
+#[doc(alias = "XFS_IOC_EXCHANGE_RANGE")]
+pub fn xfs_exchange_range<F1: AsFd, F2: AsFd>(
+    file1: F1,
+    file1_offset: u64,
+    file2: F2,
+    file2_offset: u64,
+    len: u64,
+) -> io::Result<()> {
+    let arg = XfsExchangeRange {
+        file1_fd: file1.as_fd().as_raw_fd(),
+        pad: 0,
+        file1_offset,
+        file2_offset,
+        length: len,
+        flags: 0,
+    };
+    // SAFETY: XFS_IOC_EXCHANGE_RANGE is a write ioctl reading a
+    // `struct xfs_exchange_range`, reproduced by `XfsExchangeRange` (size
+    // asserted); `file1_fd` is open and borrowed for the call.
+    unsafe { ioctl(file2, Setter::<XFS_IOC_EXCHANGE_RANGE, XfsExchangeRange>::new(arg)) }
+        .map_err(Into::into)
+}
+
+/// How [`fs_shutdown`] treats the log.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum ShutdownMode {
+    /// Freeze and sync the filesystem first (`FS_GOING_DOWN_FULLSYNC`).
+    FullSync = 0,
+    /// Flush the log, then shut down (`FS_GOING_DOWN_METAFLUSH`).
+    LogFlush = 1,
+    /// Shut down at once, dropping the in-memory log (`FS_GOING_DOWN_NOSYNC`):
+    /// like pulling the power.
+    NoLogFlush = 2,
+}
+
+const FS_IOC_SHUTDOWN: Opcode = opcode::read::<u32>(b'X', 125);
+
+/// `ioctl(fd, FS_IOC_SHUTDOWN, mode)`: shut down the filesystem holding `fd`
+/// (XFS, ext4, btrfs 6.x), as xfstests does to simulate a crash. Needs
+/// `CAP_SYS_ADMIN`. Every later operation on that filesystem fails with
+/// `EIO` until it is unmounted and mounted again.
+///
+/// # Errors
+/// `EPERM` without privilege, `ENOTTY` where unsupported.
+///
+/// # References
+/// - <https://man7.org/linux/man-pages/man2/ioctl_xfs_goingdown.2.html>
+#[doc(alias = "FS_IOC_SHUTDOWN")]
+#[doc(alias = "XFS_IOC_GOINGDOWN")]
+pub fn fs_shutdown<Fd: AsFd>(fd: Fd, mode: ShutdownMode) -> io::Result<()> {
+    // SAFETY: FS_IOC_SHUTDOWN takes a pointer to a `__u32` that the kernel
+    // reads with get_user (the `_IOR` in its definition notwithstanding);
+    // `Setter` passes a pointer to a live `u32`.
+    unsafe { ioctl(fd, Setter::<FS_IOC_SHUTDOWN, u32>::new(mode as u32)) }.map_err(Into::into)
+}

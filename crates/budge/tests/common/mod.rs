@@ -1,0 +1,155 @@
+//! The real-filesystem test matrix. `scripts/test.sh` mounts XFS (reflink),
+//! btrfs, ext4 and tmpfs and exports their mount points in `BUDGE_TEST_FS`
+//! (`kind:/path,...`) and small ones for ENOSPC tests in
+//! `BUDGE_TEST_FS_SMALL`. [`fs_test!`] turns one test body into one test per
+//! filesystem. A filesystem that is missing fails the test under `CI=true`
+//! and is reported as skipped (loudly, on stderr) otherwise.
+#![allow(dead_code)]
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+pub use budge::{Policy, ShiftOptions, Strategy};
+
+/// One filesystem of the matrix, with a fresh directory for this test.
+pub struct TestFs {
+    /// `xfs`, `btrfs`, `ext4` or `tmpfs`.
+    pub kind: &'static str,
+    /// A directory on it that is removed when the test ends.
+    pub dir: tempfile::TempDir,
+}
+
+impl TestFs {
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Creates `name` holding `data`, opened read-write.
+    pub fn file_with(&self, name: &str, data: &[u8]) -> File {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(self.path(name))
+            .unwrap();
+        f.write_all_at(data, 0).unwrap();
+        f
+    }
+
+    pub fn caps(&self) -> std::sync::Arc<budge::Capabilities> {
+        budge::probe(self.dir.path()).unwrap()
+    }
+}
+
+pub const KINDS: [&str; 4] = ["xfs", "btrfs", "ext4", "tmpfs"];
+
+fn lookup(var: &str, kind: &str) -> Option<PathBuf> {
+    let v = std::env::var(var).ok()?;
+    v.split(',').find_map(|e| {
+        let (k, p) = e.split_once(':')?;
+        (k == kind && Path::new(p).is_dir()).then(|| PathBuf::from(p))
+    })
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+fn get(var: &str, kind: &'static str) -> Option<TestFs> {
+    match lookup(var, kind) {
+        Some(root) => {
+            let dir = tempfile::Builder::new().prefix("t-").tempdir_in(root).unwrap();
+            Some(TestFs { kind, dir })
+        }
+        None if in_ci() => panic!("{kind} is not in {var}: under CI every filesystem of the matrix must be mounted (scripts/testfs.sh up)"),
+        None => {
+            eprintln!("SKIPPED on {kind}: not mounted ({var} unset or lacks it; run scripts/test.sh)");
+            None
+        }
+    }
+}
+
+/// Runs `body` on the filesystem `kind` of the main matrix.
+pub fn run(kind: &'static str, body: impl FnOnce(&TestFs)) {
+    if let Some(fs) = get("BUDGE_TEST_FS", kind) {
+        body(&fs);
+    }
+}
+
+/// Runs `body` on the small (ENOSPC) filesystem `kind`.
+pub fn run_small(kind: &'static str, body: impl FnOnce(&TestFs)) {
+    if let Some(fs) = get("BUDGE_TEST_FS_SMALL", kind) {
+        body(&fs);
+    }
+}
+
+/// `fs_test!(name, |fs| { ... })` defines `name::{xfs, btrfs, ext4, tmpfs}`.
+#[macro_export]
+macro_rules! fs_test {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            #[test]
+            fn xfs() {
+                $crate::common::run("xfs", $body)
+            }
+            #[test]
+            fn btrfs() {
+                $crate::common::run("btrfs", $body)
+            }
+            #[test]
+            fn ext4() {
+                $crate::common::run("ext4", $body)
+            }
+            #[test]
+            fn tmpfs() {
+                $crate::common::run("tmpfs", $body)
+            }
+        }
+    };
+}
+
+/// Deterministic bytes: `n` bytes from a seed, no two blocks alike.
+pub fn data(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+pub fn read_all(f: &File) -> Vec<u8> {
+    let n = f.metadata().unwrap().len() as usize;
+    let mut v = vec![0; n];
+    f.read_exact_at(&mut v, 0).unwrap();
+    v
+}
+
+/// Options forcing one strategy.
+pub fn forced(s: Strategy) -> ShiftOptions<'static> {
+    ShiftOptions { strategy: Some(s), ..ShiftOptions::default() }
+}
+
+/// The strategies that can run on this filesystem for block-aligned shifts.
+pub fn shift_strategies(fs: &TestFs) -> Vec<Strategy> {
+    let c = fs.caps();
+    let mut v = Vec::new();
+    if c.insert_range.works && c.collapse_range.works {
+        v.push(Strategy::Native);
+    }
+    if c.ficlonerange.works {
+        v.push(Strategy::Reflink);
+    }
+    if c.copy_file_range.works {
+        v.push(Strategy::KernelCopy);
+    }
+    v.push(Strategy::UserCopy);
+    v
+}
