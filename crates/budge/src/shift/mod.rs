@@ -202,8 +202,8 @@ fn shift(file: &File, dir: Dir, offset: u64, len: u64, opts: &ShiftOptions<'_>) 
     }
 
     let ctx = Ctx { file, caps: &caps, dir, offset, len, size, new_size, op: &op, progress: opts.progress };
-    let mut fallbacks = Vec::new();
-    for strategy in ctx.candidates(opts)? {
+    let (candidates, mut fallbacks) = ctx.candidates(opts)?;
+    for strategy in candidates {
         match ctx.run(strategy) {
             Ok(bytes_copied) => {
                 let tail_reread = if strategy.copies_data() { 0 } else { size - offset };
@@ -300,13 +300,15 @@ impl Ctx<'_> {
         }
     }
 
-    /// The strategies to try, best first; an error if none may run.
-    fn candidates(&self, opts: &ShiftOptions<'_>) -> Result<Vec<Strategy>> {
+    /// The strategies to try, best first, and the better ones skipped with
+    /// the reason; an error if none may run.
+    #[allow(clippy::type_complexity)]
+    fn candidates(&self, opts: &ShiftOptions<'_>) -> Result<(Vec<Strategy>, Vec<(Strategy, String)>)> {
         if let Some(s) = opts.strategy {
             if let Some((kind, why)) = self.unavailable(s) {
                 return Err(self.err(kind, format!("cannot force {s}: {why}")));
             }
-            return Ok(vec![s]);
+            return Ok((vec![s], Vec::new()));
         }
         let mut out = Vec::new();
         let mut why = Vec::new();
@@ -316,26 +318,37 @@ impl Ctx<'_> {
             }
             match self.unavailable(s) {
                 None => out.push(s),
-                Some(w) => why.push(w),
+                Some(w) => why.push((s, w)),
             }
         }
         if out.is_empty() {
-            let kind = if why.iter().any(|(k, _)| *k == ErrorKind::Alignment) {
+            let kind = if why.iter().any(|(_, (k, _))| *k == ErrorKind::Alignment) {
                 ErrorKind::Alignment
             } else {
                 ErrorKind::Unsupported
             };
-            let reasons: Vec<&str> = why.iter().map(|(_, w)| w.as_str()).collect();
+            let reasons: Vec<&str> = why.iter().map(|(_, (_, w))| w.as_str()).collect();
+            let fix = if kind == ErrorKind::Alignment {
+                format!(
+                    "use an offset and length in multiples of {} or allow copying",
+                    self.caps.block_size()
+                )
+            } else {
+                "allow copying".to_string()
+            };
             return Err(self.err(
                 kind,
-                format!(
-                    "metadata-only: {}; only a copy could do it (allow copying, or use offsets and lengths in multiples of {})",
-                    reasons.join(" and "),
-                    self.caps.block_size()
-                ),
+                format!("metadata-only: {}; only a copy could do it ({fix})", reasons.join(" and ")),
             ));
         }
-        Ok(out)
+        // Report only the skipped strategies better than the first that runs.
+        let first = Strategy::FORCEABLE.iter().position(|s| *s == out[0]).unwrap_or(0);
+        let skipped = why
+            .into_iter()
+            .filter(|(s, _)| Strategy::FORCEABLE.iter().position(|x| x == s).unwrap_or(0) < first)
+            .map(|(s, (_, w))| (s, w))
+            .collect();
+        Ok((out, skipped))
     }
 
     fn run(&self, s: Strategy) -> Result<u64, Outcome> {
@@ -386,7 +399,7 @@ impl Ctx<'_> {
     /// `offset`, extend it by the gap (insert) and clone the saved tail back
     /// at its new place. Roll back from the saved copy on failure.
     fn reflink(&self) -> Result<(), Outcome> {
-        let tmp = self.caps.temp_file().map_err(|e| Outcome::Untouched(format!("temporary file: {e}")))?;
+        let tmp = self.caps.temp_file_near(self.file).map_err(|e| Outcome::Untouched(format!("temporary file: {e}")))?;
         let saved = self.size - self.offset;
         // The clone flushes dirty pages of the range first, so data written
         // through a mapping is in the saved copy.
@@ -431,7 +444,7 @@ impl Ctx<'_> {
     /// Gives the saved tail a name so no data is lost, and says where.
     fn rescue(&self, tmp: &File, err: Error) -> Error {
         let name = format!(".budge-rescue-{}-{}", std::process::id(), self.offset);
-        let path = self.caps.dir.join(name);
+        let path = self.caps.scratch_dir(self.file).unwrap_or_else(|| self.caps.dir.clone()).join(name);
         let saved = match sys::link_tmpfile(tmp, &path) {
             Ok(()) => format!("the original bytes from offset {} to EOF were saved to {}", self.offset, path.display()),
             Err(e) => format!("saving the original tail failed too ({e}); it is lost"),
@@ -479,7 +492,7 @@ impl Ctx<'_> {
                 Ok(tail)
             }
             Dir::Collapse => {
-                let saved = self.caps.temp_file().map_err(|e| fail("open temporary file", e, "the file is unchanged".into()))?;
+                let saved = self.caps.temp_file_near(self.file).map_err(|e| fail("open temporary file", e, "the file is unchanged".into()))?;
                 engine::move_bytes(engine, self.file, self.offset, &saved, 0, self.len, false, None)
                     .map_err(|p| fail(p.call, p.err, "saving the removed range failed; the file is unchanged".into()))?;
                 if let Err(p) = engine::move_bytes(engine, self.file, tail_from, self.file, self.offset, tail, true, self.progress) {
@@ -529,7 +542,7 @@ impl Ctx<'_> {
         }
         let err = err.with_kind(ErrorKind::PartiallyApplied);
         let name = format!(".budge-rescue-{}-{}", std::process::id(), self.offset);
-        let path = self.caps.dir.join(name);
+        let path = self.caps.scratch_dir(self.file).unwrap_or_else(|| self.caps.dir.clone()).join(name);
         let where_saved = match sys::link_tmpfile(saved, &path) {
             Ok(()) => format!("the removed range was saved to {}", path.display()),
             Err(e) => format!("saving the removed range failed too ({e})"),

@@ -99,15 +99,32 @@ impl Capabilities {
         self.fs.block_size
     }
 
-    /// A temporary unnamed file on this filesystem (O_TMPFILE, or a named file
-    /// unlinked at once where O_TMPFILE is missing).
+    /// A directory on the same filesystem as `file` where temporary files
+    /// can go: the file's own directory, else the probed one if it still
+    /// exists on the same filesystem.
+    pub fn scratch_dir(&self, file: &File) -> Option<PathBuf> {
+        let dev = super::file_info(file).ok()?.dev;
+        let same_fs = |d: &Path| {
+            std::fs::metadata(d).is_ok_and(|m| std::os::unix::fs::MetadataExt::dev(&m) == dev)
+        };
+        dir_of(file)
+            .filter(|d| same_fs(d))
+            .or_else(|| same_fs(&self.dir).then(|| self.dir.clone()))
+    }
+
+    /// A temporary unnamed file on the filesystem of `file` (O_TMPFILE, or a
+    /// named file unlinked at once where O_TMPFILE is missing).
     ///
     /// # Errors
-    /// Any error creating the file.
-    pub fn temp_file(&self) -> io::Result<File> {
-        match super::open_tmpfile(&self.dir) {
+    /// `NotFound` when no directory on that filesystem is known (an unlinked
+    /// file whose probed directory is gone), or any error creating the file.
+    pub fn temp_file_near(&self, file: &File) -> io::Result<File> {
+        let dir = self.scratch_dir(file).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, "no directory on the file's filesystem for a temporary file")
+        })?;
+        match super::open_tmpfile(&dir) {
             Ok(f) => Ok(f),
-            Err(_) => tempfile::tempfile_in(&self.dir),
+            Err(_) => tempfile::tempfile_in(&dir),
         }
     }
 }
