@@ -132,6 +132,13 @@ pub fn read_all(f: &File) -> Vec<u8> {
     v
 }
 
+/// `v` with `[at, at+n)` removed.
+pub fn model_collapse(v: &[u8], at: usize, n: usize) -> Vec<u8> {
+    let mut m = v[..at].to_vec();
+    m.extend_from_slice(&v[at + n..]);
+    m
+}
+
 /// Options forcing one strategy.
 pub fn forced(s: Strategy) -> ShiftOptions<'static> {
     ShiftOptions { strategy: Some(s), ..ShiftOptions::default() }
