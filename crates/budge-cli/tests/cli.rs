@@ -1,0 +1,138 @@
+//! The `budge` binary end to end on every filesystem of the matrix: output,
+//! `--json`, exit codes (2 usage, 1 failure, 0 on a broken pipe) and error
+//! messages that name the file, the operation and the reason.
+
+#[path = "../../budge/tests/common/mod.rs"]
+mod common;
+
+use std::process::{Command, Output, Stdio};
+
+use common::{data, read_all};
+
+fn budge(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_budge")).args(args).output().unwrap()
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    assert_eq!(budge(&["insert"]).status.code(), Some(2));
+    assert_eq!(budge(&["insert", "f", "12q", "4k"]).status.code(), Some(2));
+    let out = budge(&["insert", "f", "0", "4k", "--strategy", "magic"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown strategy"));
+}
+
+#[test]
+fn missing_file_exits_1_naming_it() {
+    let out = budge(&["insert", "/nonexistent/budge-file", "0", "4k"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("budge: insert in /nonexistent/budge-file: open:"), "{err}");
+}
+
+fs_test!(probe_json, |fs| {
+    let v = json(&budge(&["probe", fs.dir.path().to_str().unwrap(), "--json"]));
+    assert_eq!(v["filesystem"], fs.kind);
+    assert_eq!(v["block_size"], 4096);
+    let native = matches!(fs.kind, "xfs" | "ext4");
+    assert_eq!(v["capabilities"]["insert_range"]["works"], native);
+    let table = budge(&["probe", fs.dir.path().to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&table.stdout).contains("insert_range"));
+});
+
+fs_test!(insert_and_collapse_report_strategy, |fs| {
+    let orig = data(1 << 20, 1);
+    drop(fs.file_with("f", &orig));
+    let p = fs.path("f");
+    let p = p.to_str().unwrap();
+    let v = json(&budge(&["insert", p, "256k", "64KiB", "--json"]));
+    let want = match fs.kind {
+        "xfs" | "ext4" => "native",
+        "btrfs" => "reflink",
+        _ => "kernel-copy",
+    };
+    assert_eq!(v["strategy"], want);
+    assert_eq!(v["new_size"], (1 << 20) + (64 << 10));
+    let copied = v["bytes_copied"].as_u64().unwrap();
+    assert_eq!(copied == 0, want != "kernel-copy");
+    // Human output names the strategy and bytes copied.
+    let out = budge(&["collapse", p, "256k", "64k", "--strategy", "user-copy"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    // The 768 KiB tail moves, and the removed 64 KiB is saved first for roll-back.
+    assert!(text.contains("strategy user-copy") && text.contains("851968 data bytes copied"), "{text}");
+    assert!(read_all(&std::fs::File::open(p).unwrap()) == orig);
+});
+
+fs_test!(metadata_only_failure_exits_1_and_explains, |fs| {
+    let orig = data(64 << 10, 2);
+    drop(fs.file_with("f", &orig));
+    let p = fs.path("f");
+    let out = budge(&["insert", p.to_str().unwrap(), "1000", "100", "--metadata-only"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with(&format!("budge: insert 100 B at 1000 B in {}: metadata-only:", p.display())), "{err}");
+    assert!(err.contains("only a copy could do it"), "{err}");
+    assert!(std::fs::read(&p).unwrap() == orig);
+});
+
+fs_test!(copy_clone_punch_zero_extents, |fs| {
+    let orig = data(256 << 10, 3);
+    drop(fs.file_with("src", &orig));
+    let src = fs.path("src");
+    let dst = fs.path("dst");
+    let (s, d) = (src.to_str().unwrap(), dst.to_str().unwrap());
+    let v = json(&budge(&["copy", s, d, "--json"]));
+    assert!(std::fs::read(&dst).unwrap() == orig);
+    let reflinks = fs.caps().ficlone.works;
+    assert_eq!(v["strategy"], if reflinks { "reflink" } else { "kernel-copy" });
+    let out = budge(&["clone", s, d, "--src-offset", "4k", "--dst-offset", "0", "--len", "8k"]);
+    assert_eq!(out.status.success(), reflinks, "{}", String::from_utf8_lossy(&out.stderr));
+    if !reflinks {
+        assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reflink"));
+    }
+    assert!(budge(&["punch", d, "0", "64k"]).status.success());
+    assert!(budge(&["zero", d, "64k", "4k"]).status.success());
+    let got = std::fs::read(&dst).unwrap();
+    assert!(got[..68 << 10].iter().all(|&b| b == 0) && got[68 << 10..] == orig[68 << 10..]);
+    let v = json(&budge(&["extents", d, "--json"]));
+    if fs.kind == "tmpfs" {
+        assert_eq!(v["fiemap"], false);
+        assert_eq!(v["segments"][0]["kind"], "hole");
+    } else {
+        assert!(v["summary"]["extents"].as_u64().unwrap() >= 1);
+        assert_eq!(v["summary"]["size"], 256 << 10);
+    }
+});
+
+fs_test!(broken_pipe_exits_0, |fs| {
+    // Thousands of data segments: far more output than a pipe buffer holds.
+    let f = fs.file_with("f", &[]);
+    for i in 0..3000u64 {
+        std::os::unix::fs::FileExt::write_all_at(&f, b"x", i * 8192).unwrap();
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_budge"))
+        .args(["extents", fs.path("f").to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+});
+
+fs_test!(demo_runs_and_verifies, |fs| {
+    let out = budge(&["demo", fs.dir.path().to_str().unwrap(), "--size", "16M", "--json"]);
+    let v = json(&out);
+    assert_eq!(v["verified"], true);
+    assert_eq!(v["filesystem"], fs.kind);
+    assert_eq!(v["naive"]["bytes_copied"], 8 << 20);
+    // It cleans up after itself.
+    assert_eq!(std::fs::read_dir(fs.dir.path()).unwrap().count(), 0);
+});
