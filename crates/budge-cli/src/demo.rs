@@ -18,15 +18,25 @@ const GAP: u64 = 64 << 10;
 const SEED: u64 = 0x00b0_d6e5;
 
 fn create(path: &std::path::Path) -> std::io::Result<File> {
-    OpenOptions::new().read(true).write(true).create_new(true).open(path)
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)
 }
 
-pub fn run(dir: Option<PathBuf>, size: u64, json_out: bool) -> Result<(), Box<dyn std::error::Error>> {
+pub fn run(
+    dir: Option<PathBuf>,
+    size: u64,
+    json_out: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
     let tmp;
     let dir = match dir {
         Some(d) => d,
         None => {
-            tmp = tempfile::Builder::new().prefix(".budge-demo-").tempdir_in(".")?;
+            tmp = tempfile::Builder::new()
+                .prefix(".budge-demo-")
+                .tempdir_in(".")?;
             tmp.path().to_path_buf()
         }
     };
@@ -49,15 +59,26 @@ pub fn run(dir: Option<PathBuf>, size: u64, json_out: bool) -> Result<(), Box<dy
     let _cleanup = Cleanup(vec![best_path.clone(), naive_path.clone()]);
     let offset = align_down(size / 2, caps.block_size().max(4096));
 
-    say(format!("writing two {} files of known data...", human_size(size)));
+    say(format!(
+        "writing two {} files of known data...",
+        human_size(size)
+    ));
     let best = create(&best_path)?;
     pattern::write_file(&best, size, SEED)?;
     let naive = create(&naive_path)?;
     pattern::write_file(&naive, size, SEED)?;
 
     let t = Instant::now();
-    let report = budge::insert(&best, offset, GAP, &ShiftOptions { sync: true, ..ShiftOptions::default() })
-        .map_err(|e| e.with_path(&best_path))?;
+    let report = budge::insert(
+        &best,
+        offset,
+        GAP,
+        &ShiftOptions {
+            sync: true,
+            ..ShiftOptions::default()
+        },
+    )
+    .map_err(|e| e.with_path(&best_path))?;
     let t_best = t.elapsed();
 
     let t = Instant::now();
@@ -83,9 +104,24 @@ pub fn run(dir: Option<PathBuf>, size: u64, json_out: bool) -> Result<(), Box<dy
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    println!("{:<22} {:>12} {:>18} {:>9}", "method", "time", "data bytes copied", "speed-up");
-    println!("{:<22} {:>12} {:>18} {:>8.0}x", format!("budge ({})", report.strategy), ms(t_best), report.bytes_copied, speedup);
-    println!("{:<22} {:>12} {:>18} {:>9}", "naive rewrite", ms(t_naive), naive_copied, "1x");
+    println!(
+        "{:<22} {:>12} {:>18} {:>9}",
+        "method", "time", "data bytes copied", "speed-up"
+    );
+    println!(
+        "{:<22} {:>12} {:>18} {:>8.0}x",
+        format!("budge ({})", report.strategy),
+        ms(t_best),
+        report.bytes_copied,
+        speedup
+    );
+    println!(
+        "{:<22} {:>12} {:>18} {:>9}",
+        "naive rewrite",
+        ms(t_naive),
+        naive_copied,
+        "1x"
+    );
     for (s, why) in &report.fallbacks {
         println!("(budge skipped {s}: {why})");
     }

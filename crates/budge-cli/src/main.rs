@@ -154,7 +154,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli.cmd) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(e.as_ref()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("budge: {e}");
             ExitCode::from(1)
@@ -162,7 +162,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn is_broken_pipe(e: &Box<dyn std::error::Error>) -> bool {
+fn is_broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
     e.downcast_ref::<std::io::Error>()
         .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
 }

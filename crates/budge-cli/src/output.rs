@@ -41,18 +41,41 @@ pub fn print_probe(c: &Capabilities, json: bool) -> Res {
         }));
     }
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{}: {} (block size {}, {} free of {})", c.dir.display(), c.fs.kind.name(), c.fs.block_size, human_size(c.fs.avail_bytes), human_size(c.fs.total_bytes))?;
+    writeln!(
+        out,
+        "{}: {} (block size {}, {} free of {})",
+        c.dir.display(),
+        c.fs.kind.name(),
+        c.fs.block_size,
+        human_size(c.fs.avail_bytes),
+        human_size(c.fs.total_bytes)
+    )?;
     writeln!(out, "{:<26} {:<4} note", "capability", "ok")?;
     for (name, s) in c.entries() {
         let ok = if s.works { "yes" } else { "no" };
-        writeln!(out, "{name:<26} {ok:<4} {}", s.note.as_deref().unwrap_or(""))?;
+        writeln!(
+            out,
+            "{name:<26} {ok:<4} {}",
+            s.note.as_deref().unwrap_or("")
+        )?;
     }
     Ok(())
 }
 
-pub fn print_shift(verb: &str, path: &Path, offset: u64, len: u64, r: &ShiftReport, json: bool) -> Res {
+pub fn print_shift(
+    verb: &str,
+    path: &Path,
+    offset: u64,
+    len: u64,
+    r: &ShiftReport,
+    json: bool,
+) -> Res {
     if json {
-        let fallbacks: Vec<_> = r.fallbacks.iter().map(|(s, w)| json!({"strategy": s.name(), "reason": w})).collect();
+        let fallbacks: Vec<_> = r
+            .fallbacks
+            .iter()
+            .map(|(s, w)| json!({"strategy": s.name(), "reason": w}))
+            .collect();
         return emit(&json!({
             "operation": verb,
             "file": path,
@@ -82,7 +105,11 @@ pub fn print_shift(verb: &str, path: &Path, offset: u64, len: u64, r: &ShiftRepo
         writeln!(out, "  skipped {s}: {why}")?;
     }
     if r.tail_reread > 0 {
-        writeln!(out, "  note: the kernel dropped the page cache of the last {} (re-read on next access)", human_size(r.tail_reread))?;
+        writeln!(
+            out,
+            "  note: the kernel dropped the page cache of the last {} (re-read on next access)",
+            human_size(r.tail_reread)
+        )?;
     }
     Ok(())
 }
@@ -125,13 +152,28 @@ pub fn print_extents(f: &File, summary: bool, json: bool) -> Res {
                     "average_extent": s.mapped_bytes.checked_div(s.extents).unwrap_or(0),
                     "largest_gap": s.largest_gap,
                 });
-                return emit(&if summary { sum } else { json!({"summary": sum, "extents": list}) });
+                return emit(&if summary {
+                    sum
+                } else {
+                    json!({"summary": sum, "extents": list})
+                });
             }
             let mut out = std::io::stdout().lock();
             if !summary {
-                writeln!(out, "{:>16} {:>16} {:>14}  flags", "logical", "physical", "length")?;
+                writeln!(
+                    out,
+                    "{:>16} {:>16} {:>14}  flags",
+                    "logical", "physical", "length"
+                )?;
                 for e in &ext {
-                    writeln!(out, "{:>16} {:>16} {:>14}  {}", e.logical, e.physical, e.length, flags::names(e.flags).join(","))?;
+                    writeln!(
+                        out,
+                        "{:>16} {:>16} {:>14}  {}",
+                        e.logical,
+                        e.physical,
+                        e.length,
+                        flags::names(e.flags).join(",")
+                    )?;
                 }
             }
             writeln!(
@@ -157,14 +199,37 @@ pub fn print_extents(f: &File, summary: bool, json: bool) -> Res {
                 return emit(&json!({"fiemap": false, "segments": list}));
             }
             let mut out = std::io::stdout().lock();
-            writeln!(out, "FIEMAP unsupported here ({e}); data/hole map from SEEK_DATA:")?;
+            writeln!(
+                out,
+                "FIEMAP unsupported here ({e}); data/hole map from SEEK_DATA:"
+            )?;
             if !summary {
                 for s in &segs {
-                    writeln!(out, "{:>16} {:>14}  {}", s.offset, s.len, if s.kind == SegmentKind::Data { "data" } else { "hole" })?;
+                    writeln!(
+                        out,
+                        "{:>16} {:>14}  {}",
+                        s.offset,
+                        s.len,
+                        if s.kind == SegmentKind::Data {
+                            "data"
+                        } else {
+                            "hole"
+                        }
+                    )?;
                 }
             }
-            let data: u64 = segs.iter().filter(|s| s.kind == SegmentKind::Data).map(|s| s.len).sum();
-            writeln!(out, "{} segments, {} data, {} holes", segs.len(), human_size(data), human_size(size - data))?;
+            let data: u64 = segs
+                .iter()
+                .filter(|s| s.kind == SegmentKind::Data)
+                .map(|s| s.len)
+                .sum();
+            writeln!(
+                out,
+                "{} segments, {} data, {} holes",
+                segs.len(),
+                human_size(data),
+                human_size(size - data)
+            )?;
         }
         Err(e) => return Err(e.into()),
     }
@@ -181,11 +246,16 @@ impl Progress {
     pub fn new(verb: &str) -> Self {
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
         bar.set_style(
-            ProgressStyle::with_template("{msg} {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template(
+                "{msg} {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         bar.set_message(verb.to_string());
-        Progress { bar, start: Instant::now() }
+        Progress {
+            bar,
+            start: Instant::now(),
+        }
     }
 
     /// The callback to hand to the library.

@@ -40,7 +40,13 @@ pub fn write_file(f: &File, size: u64, seed: u64) -> io::Result<()> {
 
 /// What an insert of `gap` zero bytes at `offset` should have produced,
 /// checked over the whole file. Returns the first wrong offset.
-pub fn verify_insert(f: &File, orig_size: u64, offset: u64, gap: u64, seed: u64) -> io::Result<Option<u64>> {
+pub fn verify_insert(
+    f: &File,
+    orig_size: u64,
+    offset: u64,
+    gap: u64,
+    seed: u64,
+) -> io::Result<Option<u64>> {
     let size = f.metadata()?.len();
     if size != orig_size + gap {
         return Ok(Some(size.min(orig_size + gap)));

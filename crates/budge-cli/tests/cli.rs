@@ -10,11 +10,18 @@ use std::process::{Command, Output, Stdio};
 use common::{data, read_all};
 
 fn budge(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_budge")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_budge"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn json(out: &Output) -> serde_json::Value {
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -32,11 +39,18 @@ fn missing_file_exits_1_naming_it() {
     let out = budge(&["insert", "/nonexistent/budge-file", "0", "4k"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.starts_with("budge: insert in /nonexistent/budge-file: open:"), "{err}");
+    assert!(
+        err.starts_with("budge: insert in /nonexistent/budge-file: open:"),
+        "{err}"
+    );
 }
 
 fs_test!(probe_json, |fs| {
-    let v = json(&budge(&["probe", fs.dir.path().to_str().unwrap(), "--json"]));
+    let v = json(&budge(&[
+        "probe",
+        fs.dir.path().to_str().unwrap(),
+        "--json",
+    ]));
     assert_eq!(v["filesystem"], fs.kind);
     assert_eq!(v["block_size"], 4096);
     let native = matches!(fs.kind, "xfs" | "ext4");
@@ -65,7 +79,10 @@ fs_test!(insert_and_collapse_report_strategy, |fs| {
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     // The 768 KiB tail moves, and the removed 64 KiB is saved first for roll-back.
-    assert!(text.contains("strategy user-copy") && text.contains("851968 data bytes copied"), "{text}");
+    assert!(
+        text.contains("strategy user-copy") && text.contains("851968 data bytes copied"),
+        "{text}"
+    );
     assert!(read_all(&std::fs::File::open(p).unwrap()) == orig);
 });
 
@@ -73,10 +90,22 @@ fs_test!(metadata_only_failure_exits_1_and_explains, |fs| {
     let orig = data(64 << 10, 2);
     drop(fs.file_with("f", &orig));
     let p = fs.path("f");
-    let out = budge(&["insert", p.to_str().unwrap(), "1000", "100", "--metadata-only"]);
+    let out = budge(&[
+        "insert",
+        p.to_str().unwrap(),
+        "1000",
+        "100",
+        "--metadata-only",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.starts_with(&format!("budge: insert 100 B at 1000 B in {}: metadata-only:", p.display())), "{err}");
+    assert!(
+        err.starts_with(&format!(
+            "budge: insert 100 B at 1000 B in {}: metadata-only:",
+            p.display()
+        )),
+        "{err}"
+    );
     assert!(err.contains("only a copy could do it"), "{err}");
     assert!(std::fs::read(&p).unwrap() == orig);
 });
@@ -90,9 +119,27 @@ fs_test!(copy_clone_punch_zero_extents, |fs| {
     let v = json(&budge(&["copy", s, d, "--json"]));
     assert!(std::fs::read(&dst).unwrap() == orig);
     let reflinks = fs.caps().ficlone.works;
-    assert_eq!(v["strategy"], if reflinks { "reflink" } else { "kernel-copy" });
-    let out = budge(&["clone", s, d, "--src-offset", "4k", "--dst-offset", "0", "--len", "8k"]);
-    assert_eq!(out.status.success(), reflinks, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        v["strategy"],
+        if reflinks { "reflink" } else { "kernel-copy" }
+    );
+    let out = budge(&[
+        "clone",
+        s,
+        d,
+        "--src-offset",
+        "4k",
+        "--dst-offset",
+        "0",
+        "--len",
+        "8k",
+    ]);
+    assert_eq!(
+        out.status.success(),
+        reflinks,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     if !reflinks {
         assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reflink"));
     }
@@ -124,11 +171,22 @@ fs_test!(broken_pipe_exits_0, |fs| {
         .unwrap();
     drop(child.stdout.take());
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 });
 
 fs_test!(demo_runs_and_verifies, |fs| {
-    let out = budge(&["demo", fs.dir.path().to_str().unwrap(), "--size", "16M", "--json"]);
+    let out = budge(&[
+        "demo",
+        fs.dir.path().to_str().unwrap(),
+        "--size",
+        "16M",
+        "--json",
+    ]);
     let v = json(&out);
     assert_eq!(v["verified"], true);
     assert_eq!(v["filesystem"], fs.kind);

@@ -47,7 +47,10 @@ pub mod flags {
             (MERGED, "merged"),
             (SHARED, "shared"),
         ];
-        ALL.iter().filter(|(b, _)| f & b != 0).map(|(_, n)| *n).collect()
+        ALL.iter()
+            .filter(|(b, _)| f & b != 0)
+            .map(|(_, n)| *n)
+            .collect()
     }
 }
 
@@ -122,7 +125,11 @@ pub fn extents_in(file: &File, offset: u64, len: u64) -> Result<Vec<Extent>> {
             let stop = e.logical.saturating_add(e.length).min(end);
             Extent {
                 logical: start,
-                physical: if e.physical == 0 { 0 } else { e.physical + (start - e.logical) },
+                physical: if e.physical == 0 {
+                    0
+                } else {
+                    e.physical + (start - e.logical)
+                },
                 length: stop - start,
                 flags: e.flags,
             }
@@ -158,11 +165,20 @@ pub fn data_map_in(file: &File, offset: u64, len: u64) -> Result<Vec<Segment>> {
         let data = match sys::seek_data(file, at) {
             Ok(d) => d.unwrap_or(end).min(end),
             // No SEEK_DATA support at all: everything is data.
-            Err(e) if crate::error::kind_of(&e) == crate::ErrorKind::InvalidArgument && at == offset => at,
+            Err(e)
+                if crate::error::kind_of(&e) == crate::ErrorKind::InvalidArgument
+                    && at == offset =>
+            {
+                at
+            }
             Err(e) => return Err(Error::os("map data", "lseek(SEEK_DATA)", e)),
         };
         if data > at {
-            out.push(Segment { offset: at, len: data - at, kind: SegmentKind::Hole });
+            out.push(Segment {
+                offset: at,
+                len: data - at,
+                kind: SegmentKind::Hole,
+            });
         }
         if data >= end {
             break;
@@ -171,7 +187,11 @@ pub fn data_map_in(file: &File, offset: u64, len: u64) -> Result<Vec<Segment>> {
             .map_err(|e| Error::os("map data", "lseek(SEEK_HOLE)", e))?
             .min(end);
         let hole = if hole <= data { end } else { hole };
-        out.push(Segment { offset: data, len: hole - data, kind: SegmentKind::Data });
+        out.push(Segment {
+            offset: data,
+            len: hole - data,
+            kind: SegmentKind::Data,
+        });
         at = hole;
     }
     Ok(out)
@@ -198,7 +218,10 @@ pub struct Summary {
 
 /// Summarises an extent list for a file of `size` bytes.
 pub fn summarize(ext: &[Extent], size: u64) -> Summary {
-    let mut s = Summary { extents: ext.len() as u64, ..Summary::default() };
+    let mut s = Summary {
+        extents: ext.len() as u64,
+        ..Summary::default()
+    };
     for (i, e) in ext.iter().enumerate() {
         s.mapped_bytes += e.length;
         if e.flags & flags::SHARED != 0 {
@@ -225,8 +248,17 @@ mod tests {
 
     #[test]
     fn summary_counts() {
-        let e = |l, p, n, f| Extent { logical: l, physical: p, length: n, flags: f };
-        let ext = [e(0, 1000, 10, 0), e(10, 2000, 20, flags::SHARED), e(40, 2020, 5, flags::UNWRITTEN)];
+        let e = |l, p, n, f| Extent {
+            logical: l,
+            physical: p,
+            length: n,
+            flags: f,
+        };
+        let ext = [
+            e(0, 1000, 10, 0),
+            e(10, 2000, 20, flags::SHARED),
+            e(40, 2020, 5, flags::UNWRITTEN),
+        ];
         let s = summarize(&ext, 50);
         assert_eq!(s.extents, 3);
         assert_eq!(s.mapped_bytes, 35);
@@ -235,6 +267,9 @@ mod tests {
         assert_eq!(s.unwritten_bytes, 5);
         assert_eq!(s.largest_extent, 20);
         assert_eq!(s.largest_gap, 990);
-        assert_eq!(flags::names(flags::SHARED | flags::LAST), vec!["last", "shared"]);
+        assert_eq!(
+            flags::names(flags::SHARED | flags::LAST),
+            vec!["last", "shared"]
+        );
     }
 }

@@ -53,8 +53,9 @@ impl SharedMap {
         };
         // SAFETY: a fresh mapping at a kernel-chosen address (null hint), so it
         // cannot alias any Rust object; `len > 0` was checked above.
-        let ptr = unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, prot, MapFlags::SHARED, file, 0) }
-            .map_err(|e| Error::os(format!("map {len} bytes"), "mmap", e.into()))?;
+        let ptr =
+            unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, prot, MapFlags::SHARED, file, 0) }
+                .map_err(|e| Error::os(format!("map {len} bytes"), "mmap", e.into()))?;
         let ptr = NonNull::new(ptr.cast::<u8>())
             .ok_or_else(|| Error::new(ErrorKind::Io, "map").with_hint("mmap returned null"))?;
         Ok(SharedMap { ptr, len, writable })
@@ -73,8 +74,11 @@ impl SharedMap {
     fn check(&self, offset: usize, n: usize) -> Result<()> {
         match offset.checked_add(n) {
             Some(end) if end <= self.len => Ok(()),
-            _ => Err(Error::new(ErrorKind::InvalidArgument, format!("access {n} bytes at {offset}"))
-                .with_hint(format!("outside the {}-byte mapping", self.len))),
+            _ => Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("access {n} bytes at {offset}"),
+            )
+            .with_hint(format!("outside the {}-byte mapping", self.len))),
         }
     }
 
@@ -102,8 +106,10 @@ impl SharedMap {
     /// read-only.
     pub fn write(&mut self, offset: usize, data: &[u8]) -> Result<()> {
         if !self.writable {
-            return Err(Error::new(ErrorKind::InvalidArgument, "write through mapping")
-                .with_hint("the mapping is read-only"));
+            return Err(
+                Error::new(ErrorKind::InvalidArgument, "write through mapping")
+                    .with_hint("the mapping is read-only"),
+            );
         }
         self.check(offset, data.len())?;
         // SAFETY: bounds checked just above; the mapping is writable (checked)

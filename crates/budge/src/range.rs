@@ -127,8 +127,14 @@ mod tests {
 
     #[test]
     fn chunks_in_memmove_order() {
-        assert_eq!(memmove_chunks(0, 10, 25, 10), vec![(20, 5), (10, 10), (0, 10)]);
-        assert_eq!(memmove_chunks(10, 0, 25, 10), vec![(0, 10), (10, 10), (20, 5)]);
+        assert_eq!(
+            memmove_chunks(0, 10, 25, 10),
+            vec![(20, 5), (10, 10), (0, 10)]
+        );
+        assert_eq!(
+            memmove_chunks(10, 0, 25, 10),
+            vec![(0, 10), (10, 10), (20, 5)]
+        );
         assert!(memmove_chunks(0, 1, 0, 1).is_empty());
         assert_eq!(move_chunk(64 << 10, 8 << 20), 64 << 10);
         assert_eq!(move_chunk(1 << 30, 8 << 20), 8 << 20);

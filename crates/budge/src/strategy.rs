@@ -65,7 +65,11 @@ impl FromStr for Strategy {
         Strategy::FORCEABLE
             .into_iter()
             .find(|st| st.name() == s)
-            .ok_or_else(|| format!("unknown strategy {s:?} (expected native, reflink, kernel-copy or user-copy)"))
+            .ok_or_else(|| {
+                format!(
+                    "unknown strategy {s:?} (expected native, reflink, kernel-copy or user-copy)"
+                )
+            })
     }
 }
 

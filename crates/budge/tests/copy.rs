@@ -52,10 +52,16 @@ fs_test!(clone_range_shares_blocks_or_refuses, |fs| {
         return;
     }
     let r = r.unwrap();
-    assert_eq!((r.strategy, r.bytes_copied, r.bytes_cloned), (Strategy::Reflink, 0, 8 * BS));
+    assert_eq!(
+        (r.strategy, r.bytes_copied, r.bytes_cloned),
+        (Strategy::Reflink, 0, 8 * BS)
+    );
     assert!(read_all(&dst) == a[4 * BS as usize..12 * BS as usize]);
     let ext = extents::extents(&dst).unwrap();
-    assert!(!ext.is_empty() && ext.iter().all(|e| e.flags & flags::SHARED != 0), "{ext:?}");
+    assert!(
+        !ext.is_empty() && ext.iter().all(|e| e.flags & flags::SHARED != 0),
+        "{ext:?}"
+    );
 
     // Same file, non-overlapping.
     copy::clone_range(&src, 0, &src, 8 * BS, 4 * BS).unwrap();
@@ -104,7 +110,10 @@ fs_test!(copy_range_with_each_strategy, |fs| {
         let a = data(32 * BS as usize, 3);
         let src = fs.file_with("src", &a);
         let dst = fs.file_with("dst", &data(8 * BS as usize, 4));
-        let opts = CopyOptions { strategy: Some(s), ..CopyOptions::default() };
+        let opts = CopyOptions {
+            strategy: Some(s),
+            ..CopyOptions::default()
+        };
         let r = copy::copy_range(&src, 2 * BS, &dst, 4 * BS, 20 * BS, &opts).unwrap();
         assert_eq!(r.strategy, s);
         let mut want = data(8 * BS as usize, 4);
@@ -132,22 +141,40 @@ fs_test!(copy_range_unaligned_reflinks_the_middle, |fs| {
     }
     // Metadata-only refuses, naming the alignment, and writes nothing.
     let dst2 = fs.file_with("dst2", &[]);
-    let meta = CopyOptions { policy: Policy::MetadataOnly, ..CopyOptions::default() };
+    let meta = CopyOptions {
+        policy: Policy::MetadataOnly,
+        ..CopyOptions::default()
+    };
     let e = copy::copy_range(&src, 100, &dst2, 100, 30 * BS, &meta).unwrap_err();
-    assert!(matches!(e.kind(), ErrorKind::Alignment | ErrorKind::Unsupported), "{e}");
+    assert!(
+        matches!(e.kind(), ErrorKind::Alignment | ErrorKind::Unsupported),
+        "{e}"
+    );
     assert_eq!(read_all(&dst2).len(), 0);
 });
 
 fs_test!(copy_within_a_file_is_memmove, |fs| {
-    for (from, to, n) in [(0u64, 3000u64, 20_000u64), (5000, 100, 30_000), (0, 4 * BS, 12 * BS), (8 * BS, 2 * BS, 12 * BS)] {
+    for (from, to, n) in [
+        (0u64, 3000u64, 20_000u64),
+        (5000, 100, 30_000),
+        (0, 4 * BS, 12 * BS),
+        (8 * BS, 2 * BS, 12 * BS),
+    ] {
         for s in [None, Some(Strategy::UserCopy)] {
             let a = data(64 * BS as usize, 6);
             let f = fs.file_with("f", &a);
-            let opts = CopyOptions { strategy: s, ..CopyOptions::default() };
+            let opts = CopyOptions {
+                strategy: s,
+                ..CopyOptions::default()
+            };
             copy::copy_range(&f, from, &f, to, n, &opts).unwrap();
             let mut m = a.clone();
             m.copy_within(from as usize..(from + n) as usize, to as usize);
-            assert!(read_all(&f) == m, "memmove {from}->{to} len {n} ({s:?}) on {}", fs.kind);
+            assert!(
+                read_all(&f) == m,
+                "memmove {from}->{to} len {n} ({s:?}) on {}",
+                fs.kind
+            );
         }
     }
 });
@@ -164,13 +191,24 @@ fs_test!(copies_keep_holes, |fs| {
     let want = read_all(&src);
     for s in [None, Some(Strategy::KernelCopy), Some(Strategy::UserCopy)] {
         let dst = fs.file_with("dst", &data(1 << 20, 9)); // full of data: holes must be made
-        let opts = CopyOptions { strategy: s, ..CopyOptions::default() };
+        let opts = CopyOptions {
+            strategy: s,
+            ..CopyOptions::default()
+        };
         let r = copy::copy_file(&src, &dst, &opts).unwrap();
         assert!(read_all(&dst) == want, "{s:?} on {}", fs.kind);
         dst.sync_all().unwrap();
         let map = extents::data_map(&dst).unwrap();
-        let data_bytes: u64 = map.iter().filter(|m| m.kind == SegmentKind::Data).map(|m| m.len).sum();
-        assert!(data_bytes <= 64 << 10, "{s:?} on {}: the copy lost its holes: {map:?}", fs.kind);
+        let data_bytes: u64 = map
+            .iter()
+            .filter(|m| m.kind == SegmentKind::Data)
+            .map(|m| m.len)
+            .sum();
+        assert!(
+            data_bytes <= 64 << 10,
+            "{s:?} on {}: the copy lost its holes: {map:?}",
+            fs.kind
+        );
         if r.strategy.copies_data() {
             assert_eq!(r.bytes_copied, 16384, "{r:?}");
             assert_eq!(r.hole_bytes, (1 << 20) - 16384);
@@ -212,10 +250,15 @@ fs_test!(extents_and_data_map, |fs| {
     match extents::extents(&f) {
         Ok(ext) => {
             assert_ne!(fs.kind, "tmpfs");
-            assert!(ext.iter().all(|e| e.logical + e.length <= size), "extents past EOF: {ext:?}");
+            assert!(
+                ext.iter().all(|e| e.logical + e.length <= size),
+                "extents past EOF: {ext:?}"
+            );
             let mapped: u64 = ext.iter().map(|e| e.length).sum();
             assert_eq!(mapped, 3 << 20, "{ext:?}");
-            assert!(ext.iter().all(|e| e.logical + e.length <= 1 << 20 || e.logical >= 2 << 20));
+            assert!(ext
+                .iter()
+                .all(|e| e.logical + e.length <= 1 << 20 || e.logical >= 2 << 20));
             let s = extents::summarize(&ext, size);
             assert_eq!(s.hole_bytes, 1 << 20);
         }

@@ -61,13 +61,19 @@ fn enospc(kind: &'static str) {
         for s in [Strategy::UserCopy, Strategy::KernelCopy] {
             match collapse(&f, 8 * BS, 128 * BS, &forced(s)) {
                 Ok(_) => {
-                    assert!(s == Strategy::KernelCopy && fs.caps().copy_file_range_reflinks.works, "{s} on full {kind}");
+                    assert!(
+                        s == Strategy::KernelCopy && fs.caps().copy_file_range_reflinks.works,
+                        "{s} on full {kind}"
+                    );
                     let want = common::model_collapse(&orig, 8 * BS as usize, 128 * BS as usize);
                     assert!(read_all(&f) == want, "{s} collapse on full {kind}");
                 }
                 Err(e) => {
                     assert_eq!(e.kind(), ErrorKind::NoSpace, "{s} on {kind}: {e}");
-                    assert!(read_all(&f) == orig, "{s} collapse on full {kind} changed the file");
+                    assert!(
+                        read_all(&f) == orig,
+                        "{s} collapse on full {kind} changed the file"
+                    );
                 }
             }
         }

@@ -26,7 +26,11 @@ fn model_collapse(v: &[u8], at: usize, n: usize) -> Vec<u8> {
 
 fn unchanged(fs: &TestFs, name: &str, orig: &[u8]) {
     let f = std::fs::File::open(fs.path(name)).unwrap();
-    assert!(read_all(&f) == orig, "{name} on {} changed after a failed operation", fs.kind);
+    assert!(
+        read_all(&f) == orig,
+        "{name} on {} changed after a failed operation",
+        fs.kind
+    );
 }
 
 fs_test!(insert_with_every_strategy, |fs| {
@@ -45,7 +49,11 @@ fs_test!(insert_with_every_strategy, |fs| {
             }
             _ => assert_eq!(r.bytes_copied, tail),
         }
-        assert!(read_all(&f) == model_insert(&orig, 10 * BS, 3 * BS), "{s} on {}", fs.kind);
+        assert!(
+            read_all(&f) == model_insert(&orig, 10 * BS, 3 * BS),
+            "{s} on {}",
+            fs.kind
+        );
     }
 });
 
@@ -56,7 +64,11 @@ fs_test!(collapse_with_every_strategy, |fs| {
         let r = collapse(&f, 8 * BS as u64, 5 * BS as u64, &forced(s)).unwrap();
         assert_eq!(r.strategy, s);
         assert_eq!(r.new_size, orig.len() as u64 - 5 * BS as u64);
-        assert!(read_all(&f) == model_collapse(&orig, 8 * BS, 5 * BS), "{s} on {}", fs.kind);
+        assert!(
+            read_all(&f) == model_collapse(&orig, 8 * BS, 5 * BS),
+            "{s} on {}",
+            fs.kind
+        );
     }
 });
 
@@ -71,7 +83,11 @@ fs_test!(best_strategy_is_chosen_per_filesystem, |fs| {
     };
     assert_eq!(r.strategy, want, "on {}", fs.kind);
     if want != Strategy::Native {
-        assert_eq!(r.fallbacks[0].0, Strategy::Native, "skipped strategies are reported");
+        assert_eq!(
+            r.fallbacks[0].0,
+            Strategy::Native,
+            "skipped strategies are reported"
+        );
     }
     assert!(read_all(&f) == model_insert(&orig, 4 * BS, BS));
 });
@@ -79,13 +95,23 @@ fs_test!(best_strategy_is_chosen_per_filesystem, |fs| {
 fs_test!(unaligned_ranges_copy_or_refuse, |fs| {
     let orig = data(16 * BS, 4);
     let f = fs.file_with("f", &orig);
-    let meta = ShiftOptions { policy: Policy::MetadataOnly, ..ShiftOptions::default() };
+    let meta = ShiftOptions {
+        policy: Policy::MetadataOnly,
+        ..ShiftOptions::default()
+    };
     // tmpfs has no metadata strategy at all: alignment would not help.
-    let want = if fs.kind == "tmpfs" { ErrorKind::Unsupported } else { ErrorKind::Alignment };
+    let want = if fs.kind == "tmpfs" {
+        ErrorKind::Unsupported
+    } else {
+        ErrorKind::Alignment
+    };
     let e = insert(&f, 1000, 100, &meta).unwrap_err();
     assert_eq!(e.kind(), want, "{e}");
     if want == ErrorKind::Alignment {
-        assert!(e.to_string().contains("multiples of 4096"), "names the alignment: {e}");
+        assert!(
+            e.to_string().contains("multiples of 4096"),
+            "names the alignment: {e}"
+        );
     }
     unchanged(fs, "f", &orig);
     let e = collapse(&f, 4096, 100, &meta).unwrap_err();
@@ -104,7 +130,10 @@ fs_test!(unaligned_ranges_copy_or_refuse, |fs| {
 fs_test!(metadata_only_where_only_copies_work, |fs| {
     let orig = data(16 * BS, 5);
     let f = fs.file_with("f", &orig);
-    let meta = ShiftOptions { policy: Policy::MetadataOnly, ..ShiftOptions::default() };
+    let meta = ShiftOptions {
+        policy: Policy::MetadataOnly,
+        ..ShiftOptions::default()
+    };
     let r = insert(&f, 4 * BS as u64, BS as u64, &meta);
     if fs.kind == "tmpfs" {
         let e = r.unwrap_err();
@@ -136,7 +165,10 @@ fs_test!(forcing_an_unavailable_strategy_touches_nothing, |fs| {
     }
     // Forcing a metadata strategy on an unaligned range is an alignment error.
     let e = insert(&f, 100, 4096, &forced(Strategy::Native)).unwrap_err();
-    assert!(matches!(e.kind(), ErrorKind::Alignment | ErrorKind::Unsupported), "{e}");
+    assert!(
+        matches!(e.kind(), ErrorKind::Alignment | ErrorKind::Unsupported),
+        "{e}"
+    );
     unchanged(fs, "f", &orig);
 });
 
@@ -148,7 +180,10 @@ fs_test!(edge_cases_at_and_past_eof, |fs| {
 
     // Zero length: nothing.
     assert_eq!(insert(&f, 3, 0, &d).unwrap().strategy, Strategy::Nothing);
-    assert_eq!(collapse(&f, size, 0, &d).unwrap().strategy, Strategy::Nothing);
+    assert_eq!(
+        collapse(&f, size, 0, &d).unwrap().strategy,
+        Strategy::Nothing
+    );
     unchanged(fs, "f", &orig);
 
     // Past EOF: errors, file unchanged.
@@ -161,7 +196,10 @@ fs_test!(edge_cases_at_and_past_eof, |fs| {
     unchanged(fs, "f", &orig);
 
     // Insert at EOF extends with zeros, under metadata-only too.
-    let meta = ShiftOptions { policy: Policy::MetadataOnly, ..ShiftOptions::default() };
+    let meta = ShiftOptions {
+        policy: Policy::MetadataOnly,
+        ..ShiftOptions::default()
+    };
     let r = insert(&f, size, 100, &meta).unwrap();
     assert_eq!(r.strategy, Strategy::Extend);
     assert!(read_all(&f) == model_insert(&orig, orig.len(), 100));
@@ -208,7 +246,10 @@ fs_test!(read_only_and_non_regular_files_are_refused, |fs| {
     assert_eq!(e.kind(), ErrorKind::InvalidArgument);
     assert!(e.to_string().contains("not a regular file"), "{e}");
 
-    let app = std::fs::OpenOptions::new().append(true).open(fs.path("f")).unwrap();
+    let app = std::fs::OpenOptions::new()
+        .append(true)
+        .open(fs.path("f"))
+        .unwrap();
     let e = insert(&app, 0, BS as u64, &ShiftOptions::default()).unwrap_err();
     assert!(e.to_string().contains("O_APPEND"), "{e}");
     unchanged(fs, "f", &orig);
@@ -237,7 +278,11 @@ fn mapped_shift(fs: &TestFs, s: Strategy, is_insert: bool) {
     // SAFETY: only this test uses the file, and it never truncates it below
     // the bytes it reads through the map.
     let mut map = unsafe { SharedMap::new(&f, size + 8 * BS, true) }.unwrap();
-    for (at, byte) in [(5 * BS + 17, 0xa1u8), (20 * BS + 3, 0xb2), (40 * BS + 4000, 0xc3)] {
+    for (at, byte) in [
+        (5 * BS + 17, 0xa1u8),
+        (20 * BS + 3, 0xb2),
+        (40 * BS + 4000, 0xc3),
+    ] {
         map.write(at, &[byte; 64]).unwrap();
         model[at..at + 64].fill(byte);
     }
@@ -250,10 +295,18 @@ fn mapped_shift(fs: &TestFs, s: Strategy, is_insert: bool) {
         collapse(&f, at as u64, n as u64, &forced(s)).unwrap()
     };
     assert_eq!(r.strategy, s);
-    assert!(read_all(&f) == model, "file content after {s} on {}", fs.kind);
+    assert!(
+        read_all(&f) == model,
+        "file content after {s} on {}",
+        fs.kind
+    );
     let mut through_map = vec![0; model.len()];
     map.read(0, &mut through_map).unwrap();
-    assert!(through_map == model, "mapping content after {s} on {}", fs.kind);
+    assert!(
+        through_map == model,
+        "mapping content after {s} on {}",
+        fs.kind
+    );
 }
 
 fs_test!(mapping_stays_coherent_across_insert, |fs| {

@@ -40,18 +40,25 @@ pub(crate) struct Partial {
 /// The largest chunk one call moves; also bounds progress granularity.
 const MAX_CHUNK: u64 = 16 << 20;
 
-/// Copies `len` bytes from `src@src_off` to `dst@dst_off`. For the same file
-/// the ranges may overlap (memmove semantics).
+/// Copies `len` bytes from `src` to `dst`, each given as (file, offset). For
+/// the same file the ranges may overlap (memmove semantics).
 pub(crate) fn move_bytes(
     engine: Engine,
-    src: &File,
-    src_off: u64,
-    dst: &File,
-    dst_off: u64,
+    (src, src_off): (&File, u64),
+    (dst, dst_off): (&File, u64),
     len: u64,
-    same_file: bool,
     progress: Option<Progress<'_>>,
 ) -> Result<(), Partial> {
+    let same_file = match (sys::file_info(src), sys::file_info(dst)) {
+        (Ok(a), Ok(b)) => a.dev == b.dev && a.ino == b.ino,
+        (Err(err), _) | (_, Err(err)) => {
+            return Err(Partial {
+                done: 0,
+                call: "fstat",
+                err,
+            })
+        }
+    };
     let chunk = if same_file {
         move_chunk(src_off.abs_diff(dst_off), MAX_CHUNK)
     } else {
@@ -80,7 +87,13 @@ pub(crate) fn move_bytes(
 
 /// `copy_file_range` until `n` bytes moved (it returns short counts on XFS
 /// and btrfs when the length has an unaligned tail).
-fn kernel_copy(src: &File, so: u64, dst: &File, d: u64, n: u64) -> Result<(), (&'static str, io::Error)> {
+fn kernel_copy(
+    src: &File,
+    so: u64,
+    dst: &File,
+    d: u64,
+    n: u64,
+) -> Result<(), (&'static str, io::Error)> {
     let mut at = 0;
     while at < n {
         let want = usize::try_from(n - at).unwrap_or(usize::MAX);
@@ -104,12 +117,16 @@ fn user_copy(
 ) -> Result<(), (&'static str, io::Error)> {
     let mut at = 0;
     while at < n {
-        let k = usize::try_from(n - at).unwrap_or(usize::MAX).min(buf.len().max(1));
+        let k = usize::try_from(n - at)
+            .unwrap_or(usize::MAX)
+            .min(buf.len().max(1));
         if buf.len() < k {
             buf.resize(k, 0);
         }
-        src.read_exact_at(&mut buf[..k], so + at).map_err(|e| ("pread", e))?;
-        dst.write_all_at(&buf[..k], d + at).map_err(|e| ("pwrite", e))?;
+        src.read_exact_at(&mut buf[..k], so + at)
+            .map_err(|e| ("pread", e))?;
+        dst.write_all_at(&buf[..k], d + at)
+            .map_err(|e| ("pwrite", e))?;
         at += k as u64;
     }
     Ok(())
@@ -120,7 +137,9 @@ pub(crate) fn write_zeros(file: &File, offset: u64, len: u64) -> io::Result<()> 
     let zeros = vec![0u8; usize::try_from(len.min(1 << 20)).unwrap_or(1 << 20)];
     let mut at = 0;
     while at < len {
-        let k = usize::try_from(len - at).unwrap_or(usize::MAX).min(zeros.len());
+        let k = usize::try_from(len - at)
+            .unwrap_or(usize::MAX)
+            .min(zeros.len());
         file.write_all_at(&zeros[..k], offset + at)?;
         at += k as u64;
     }

@@ -12,8 +12,8 @@ pub(crate) mod engine;
 use std::fs::File;
 use std::sync::Arc;
 
-pub use engine::Progress;
 use engine::Engine;
+pub use engine::Progress;
 
 use crate::error::{op_range, Error, ErrorKind, Result};
 use crate::extents::{data_map_in, SegmentKind};
@@ -76,10 +76,14 @@ pub(crate) fn writable_target(file: &File, op: &str) -> Result<FileInfo> {
 fn readable_source(file: &File, op: &str) -> Result<FileInfo> {
     let info = sys::file_info(file).map_err(|e| Error::os(op, "fstat", e))?;
     if !info.regular {
-        return Err(Error::new(ErrorKind::InvalidArgument, op).with_hint("source is not a regular file"));
+        return Err(
+            Error::new(ErrorKind::InvalidArgument, op).with_hint("source is not a regular file")
+        );
     }
     if !info.readable {
-        return Err(Error::new(ErrorKind::InvalidArgument, op).with_hint("source is not open for reading"));
+        return Err(
+            Error::new(ErrorKind::InvalidArgument, op).with_hint("source is not open for reading")
+        );
     }
     Ok(info)
 }
@@ -97,19 +101,25 @@ fn check_ranges(
     len: u64,
     fs_max: u64,
 ) -> Result<()> {
-    let src_end = src_off
-        .checked_add(len)
-        .ok_or_else(|| Error::new(ErrorKind::InvalidArgument, op).with_hint("offset + length overflows"))?;
+    let src_end = src_off.checked_add(len).ok_or_else(|| {
+        Error::new(ErrorKind::InvalidArgument, op).with_hint("offset + length overflows")
+    })?;
     if src_end > src.size {
-        return Err(Error::new(ErrorKind::InvalidArgument, op).with_hint(format!(
-            "the source range ends at {src_end}, past the source's EOF ({})",
-            src.size
-        )));
+        return Err(
+            Error::new(ErrorKind::InvalidArgument, op).with_hint(format!(
+                "the source range ends at {src_end}, past the source's EOF ({})",
+                src.size
+            )),
+        );
     }
     match dst_off.checked_add(len) {
         Some(e) if e <= fs_max => Ok(()),
-        _ => Err(Error::new(ErrorKind::InvalidArgument, op)
-            .with_hint(format!("the destination would exceed the maximum file size ({})", fmt_size(fs_max)))),
+        _ => Err(
+            Error::new(ErrorKind::InvalidArgument, op).with_hint(format!(
+                "the destination would exceed the maximum file size ({})",
+                fmt_size(fs_max)
+            )),
+        ),
     }
 }
 
@@ -122,24 +132,53 @@ fn check_ranges(
 /// # Errors
 /// `Unsupported` without reflinks (or across filesystems), `Alignment`,
 /// `InvalidArgument` for ranges past EOF or overlapping.
-pub fn clone_range(src: &File, src_off: u64, dst: &File, dst_off: u64, len: u64) -> Result<CopyReport> {
-    let op = format!("clone {} from {} to {}", fmt_size(len), fmt_size(src_off), fmt_size(dst_off));
+pub fn clone_range(
+    src: &File,
+    src_off: u64,
+    dst: &File,
+    dst_off: u64,
+    len: u64,
+) -> Result<CopyReport> {
+    let op = format!(
+        "clone {} from {} to {}",
+        fmt_size(len),
+        fmt_size(src_off),
+        fmt_size(dst_off)
+    );
     let si = readable_source(src, &op)?;
     let di = writable_target(dst, &op)?;
     let caps = sys::probe::probe_file(dst)?;
-    check_ranges(&op, &si, src_off, dst_off, len, caps.fs.kind.max_file_size(caps.block_size()))?;
+    check_ranges(
+        &op,
+        &si,
+        src_off,
+        dst_off,
+        len,
+        caps.fs.kind.max_file_size(caps.block_size()),
+    )?;
     if len == 0 {
-        return Ok(CopyReport { strategy: Strategy::Nothing, bytes_copied: 0, bytes_cloned: 0, hole_bytes: 0 });
+        return Ok(CopyReport {
+            strategy: Strategy::Nothing,
+            bytes_copied: 0,
+            bytes_cloned: 0,
+            hole_bytes: 0,
+        });
     }
     if same_file(&si, &di) && overlaps(src_off, dst_off, len) {
-        return Err(Error::new(ErrorKind::InvalidArgument, op)
-            .with_hint("source and destination ranges of the same file overlap; use copy (memmove) instead"));
+        return Err(Error::new(ErrorKind::InvalidArgument, op).with_hint(
+            "source and destination ranges of the same file overlap; use copy (memmove) instead",
+        ));
     }
     if si.dev != di.dev {
-        return Err(Error::new(ErrorKind::Unsupported, op)
-            .with_hint("source and destination are on different filesystems; reflinks cannot cross them"));
+        return Err(Error::new(ErrorKind::Unsupported, op).with_hint(
+            "source and destination are on different filesystems; reflinks cannot cross them",
+        ));
     }
-    let ok = if same_file(&si, &di) { &caps.ficlonerange_same_file } else { &caps.ficlonerange };
+    let ok = if same_file(&si, &di) {
+        &caps.ficlonerange_same_file
+    } else {
+        &caps.ficlonerange
+    };
     if !ok.works {
         return Err(Error::new(ErrorKind::Unsupported, op).with_hint(format!(
             "{} cannot reflink ({}); use copy",
@@ -154,8 +193,14 @@ pub fn clone_range(src: &File, src_off: u64, dst: &File, dst_off: u64, len: u64)
             "offsets and length must be multiples of the {bs}-byte block size (the length may be unaligned only when the range ends at both files' EOF)"
         )));
     }
-    sys::ficlonerange(dst, dst_off, src, src_off, len).map_err(|e| Error::os(op, "ioctl(FICLONERANGE)", e))?;
-    Ok(CopyReport { strategy: Strategy::Reflink, bytes_copied: 0, bytes_cloned: len, hole_bytes: 0 })
+    sys::ficlonerange(dst, dst_off, src, src_off, len)
+        .map_err(|e| Error::os(op, "ioctl(FICLONERANGE)", e))?;
+    Ok(CopyReport {
+        strategy: Strategy::Reflink,
+        bytes_copied: 0,
+        bytes_cloned: len,
+        hole_bytes: 0,
+    })
 }
 
 /// Makes `dst` a reflinked copy of all of `src` (FICLONE), replacing its
@@ -170,7 +215,12 @@ pub fn clone_file(src: &File, dst: &File) -> Result<CopyReport> {
     sys::ficlone(dst, src).map_err(|e| {
         Error::os(op, "ioctl(FICLONE)", e).with_hint("the filesystem cannot reflink; use copy")
     })?;
-    Ok(CopyReport { strategy: Strategy::Reflink, bytes_copied: 0, bytes_cloned: si.size, hole_bytes: 0 })
+    Ok(CopyReport {
+        strategy: Strategy::Reflink,
+        bytes_copied: 0,
+        bytes_cloned: si.size,
+        hole_bytes: 0,
+    })
 }
 
 /// Copies `len` bytes from `src@src_off` to `dst@dst_off` with the best
@@ -192,18 +242,57 @@ pub fn copy_range(
     len: u64,
     opts: &CopyOptions<'_>,
 ) -> Result<CopyReport> {
-    let op = format!("copy {} from {} to {}", fmt_size(len), fmt_size(src_off), fmt_size(dst_off));
+    let op = format!(
+        "copy {} from {} to {}",
+        fmt_size(len),
+        fmt_size(src_off),
+        fmt_size(dst_off)
+    );
     let si = readable_source(src, &op)?;
     let di = writable_target(dst, &op)?;
     let caps = sys::probe::probe_file(dst)?;
-    check_ranges(&op, &si, src_off, dst_off, len, caps.fs.kind.max_file_size(caps.block_size()))?;
+    check_ranges(
+        &op,
+        &si,
+        src_off,
+        dst_off,
+        len,
+        caps.fs.kind.max_file_size(caps.block_size()),
+    )?;
     if len == 0 {
-        return Ok(CopyReport { strategy: Strategy::Nothing, bytes_copied: 0, bytes_cloned: 0, hole_bytes: 0 });
+        return Ok(CopyReport {
+            strategy: Strategy::Nothing,
+            bytes_copied: 0,
+            bytes_cloned: 0,
+            hole_bytes: 0,
+        });
     }
     let same = same_file(&si, &di);
     let overlapping = same && overlaps(src_off, dst_off, len);
-    let plan = Plan::choose(&op, &caps, &si, &di, src_off, dst_off, len, same, overlapping, opts)?;
-    plan.run(&op, src, src_off, dst, dst_off, len, &di, &caps, overlapping, opts.progress)
+    let plan = Plan::choose(
+        &op,
+        &caps,
+        &si,
+        &di,
+        src_off,
+        dst_off,
+        len,
+        same,
+        overlapping,
+        opts,
+    )?;
+    plan.run(
+        &op,
+        src,
+        src_off,
+        dst,
+        dst_off,
+        len,
+        &di,
+        &caps,
+        overlapping,
+        opts.progress,
+    )
 }
 
 /// Copies all of `src` into `dst` (which is truncated first), keeping holes:
@@ -216,20 +305,26 @@ pub fn copy_file(src: &File, dst: &File, opts: &CopyOptions<'_>) -> Result<CopyR
     let si = readable_source(src, op)?;
     let di = writable_target(dst, op)?;
     if same_file(&si, &di) {
-        return Err(Error::new(ErrorKind::InvalidArgument, op).with_hint("source and destination are the same file"));
+        return Err(Error::new(ErrorKind::InvalidArgument, op)
+            .with_hint("source and destination are the same file"));
     }
     let caps = sys::probe::probe_file(dst)?;
     let try_clone = si.dev == di.dev
         && caps.ficlone.works
         && matches!(opts.strategy, None | Some(Strategy::Reflink));
-    if try_clone {
-        if sys::ficlone(dst, src).is_ok() {
-            return Ok(CopyReport { strategy: Strategy::Reflink, bytes_copied: 0, bytes_cloned: si.size, hole_bytes: 0 });
-        }
+    if try_clone && sys::ficlone(dst, src).is_ok() {
+        return Ok(CopyReport {
+            strategy: Strategy::Reflink,
+            bytes_copied: 0,
+            bytes_cloned: si.size,
+            hole_bytes: 0,
+        });
     }
     if opts.strategy == Some(Strategy::Reflink) || opts.policy == Policy::MetadataOnly {
-        return Err(Error::new(ErrorKind::Unsupported, op)
-            .with_hint(format!("{} cannot reflink these files; allow copying", caps.fs.kind.name())));
+        return Err(Error::new(ErrorKind::Unsupported, op).with_hint(format!(
+            "{} cannot reflink these files; allow copying",
+            caps.fs.kind.name()
+        )));
     }
     sys::ftruncate(dst, 0).map_err(|e| Error::os(op, "ftruncate", e))?;
     copy_range(src, 0, dst, 0, si.size, opts)
@@ -248,11 +343,21 @@ pub fn punch_hole(file: &File, offset: u64, len: u64) -> Result<CopyReport> {
     })?;
     let end = end.min(info.size);
     if offset >= end {
-        return Ok(CopyReport { strategy: Strategy::Nothing, bytes_copied: 0, bytes_cloned: 0, hole_bytes: 0 });
+        return Ok(CopyReport {
+            strategy: Strategy::Nothing,
+            bytes_copied: 0,
+            bytes_cloned: 0,
+            hole_bytes: 0,
+        });
     }
     sys::fallocate(file, Falloc::PunchHole, offset, end - offset)
         .map_err(|e| Error::os(op, Falloc::PunchHole.name(), e))?;
-    Ok(CopyReport { strategy: Strategy::Native, bytes_copied: 0, bytes_cloned: 0, hole_bytes: end - offset })
+    Ok(CopyReport {
+        strategy: Strategy::Native,
+        bytes_copied: 0,
+        bytes_cloned: 0,
+        hole_bytes: end - offset,
+    })
 }
 
 /// Makes `[offset, offset+len)` read as zeros (extending the file if the
@@ -268,27 +373,47 @@ pub fn zero_range(file: &File, offset: u64, len: u64, policy: Policy) -> Result<
         Error::new(ErrorKind::InvalidArgument, op.clone()).with_hint("offset + length overflows")
     })?;
     if len == 0 {
-        return Ok(CopyReport { strategy: Strategy::Nothing, bytes_copied: 0, bytes_cloned: 0, hole_bytes: 0 });
+        return Ok(CopyReport {
+            strategy: Strategy::Nothing,
+            bytes_copied: 0,
+            bytes_cloned: 0,
+            hole_bytes: 0,
+        });
     }
-    let native = CopyReport { strategy: Strategy::Native, bytes_copied: 0, bytes_cloned: 0, hole_bytes: 0 };
+    let native = CopyReport {
+        strategy: Strategy::Native,
+        bytes_copied: 0,
+        bytes_cloned: 0,
+        hole_bytes: 0,
+    };
     if sys::fallocate(file, Falloc::ZeroRange, offset, len).is_ok() {
         return Ok(native);
     }
     // Punch within EOF, then extend: same bytes as ZERO_RANGE.
     let punch_end = end.min(info.size);
-    let punched = offset >= punch_end || sys::fallocate(file, Falloc::PunchHole, offset, punch_end - offset).is_ok();
+    let punched = offset >= punch_end
+        || sys::fallocate(file, Falloc::PunchHole, offset, punch_end - offset).is_ok();
     if punched {
         if end > info.size {
             sys::ftruncate(file, end).map_err(|e| Error::os(op, "ftruncate", e))?;
         }
-        return Ok(CopyReport { hole_bytes: len, ..native });
+        return Ok(CopyReport {
+            hole_bytes: len,
+            ..native
+        });
     }
     if policy == Policy::MetadataOnly {
-        return Err(Error::new(ErrorKind::Unsupported, op)
-            .with_hint("neither ZERO_RANGE nor PUNCH_HOLE works here and metadata-only forbids writing zeros"));
+        return Err(Error::new(ErrorKind::Unsupported, op).with_hint(
+            "neither ZERO_RANGE nor PUNCH_HOLE works here and metadata-only forbids writing zeros",
+        ));
     }
     engine::write_zeros(file, offset, len).map_err(|e| Error::os(op, "pwrite", e))?;
-    Ok(CopyReport { strategy: Strategy::UserCopy, bytes_copied: len, bytes_cloned: 0, hole_bytes: 0 })
+    Ok(CopyReport {
+        strategy: Strategy::UserCopy,
+        bytes_copied: len,
+        bytes_cloned: 0,
+        hole_bytes: 0,
+    })
 }
 
 /// The chosen way to run one copy.
@@ -317,7 +442,11 @@ impl Plan {
         let bs = caps.block_size();
         let can_reflink = si.dev == di.dev
             && !overlapping
-            && if same { caps.ficlonerange_same_file.works } else { caps.ficlonerange.works }
+            && if same {
+                caps.ficlonerange_same_file.works
+            } else {
+                caps.ficlonerange.works
+            }
             && src_off % bs == dst_off % bs;
         let mid = can_reflink.then(|| {
             let head = (bs - src_off % bs) % bs;
@@ -330,11 +459,16 @@ impl Plan {
         let mid = mid.filter(|&(_, m)| m > 0);
         let fully = mid.is_some_and(|(h, m)| h == 0 && m == len);
         let kernel = caps.copy_file_range.works;
-        let unsupported = |why: String| Err(Error::new(ErrorKind::Unsupported, op.to_string()).with_hint(why));
+        let unsupported =
+            |why: String| Err(Error::new(ErrorKind::Unsupported, op.to_string()).with_hint(why));
         match (opts.strategy, opts.policy) {
             (Some(Strategy::Reflink), _) | (None, Policy::MetadataOnly) => {
                 if fully {
-                    Ok(Plan { reflink_mid: mid, engine: Engine::Kernel, strategy: Strategy::Reflink })
+                    Ok(Plan {
+                        reflink_mid: mid,
+                        engine: Engine::Kernel,
+                        strategy: Strategy::Reflink,
+                    })
                 } else if mid.is_none() && !can_reflink {
                     unsupported(format!(
                         "{} cannot reflink this range (needs reflink support and offsets with the same misalignment modulo {bs})",
@@ -346,13 +480,19 @@ impl Plan {
                     )))
                 }
             }
-            (Some(Strategy::KernelCopy), _) if !kernel => unsupported("copy_file_range does not work here".into()),
-            (Some(Strategy::KernelCopy), _) => {
-                Ok(Plan { reflink_mid: None, engine: Engine::Kernel, strategy: Strategy::KernelCopy })
+            (Some(Strategy::KernelCopy), _) if !kernel => {
+                unsupported("copy_file_range does not work here".into())
             }
-            (Some(Strategy::UserCopy), _) => {
-                Ok(Plan { reflink_mid: None, engine: Engine::User, strategy: Strategy::UserCopy })
-            }
+            (Some(Strategy::KernelCopy), _) => Ok(Plan {
+                reflink_mid: None,
+                engine: Engine::Kernel,
+                strategy: Strategy::KernelCopy,
+            }),
+            (Some(Strategy::UserCopy), _) => Ok(Plan {
+                reflink_mid: None,
+                engine: Engine::User,
+                strategy: Strategy::UserCopy,
+            }),
             (Some(s), _) => unsupported(format!("strategy {s} does not apply to copies")),
             (None, Policy::AllowCopy) => {
                 let engine = if kernel { Engine::Kernel } else { Engine::User };
@@ -363,7 +503,11 @@ impl Plan {
                 } else {
                     Strategy::UserCopy
                 };
-                Ok(Plan { reflink_mid: mid, engine, strategy })
+                Ok(Plan {
+                    reflink_mid: mid,
+                    engine,
+                    strategy,
+                })
             }
         }
     }
@@ -382,9 +526,14 @@ impl Plan {
         overlapping: bool,
         progress: Option<Progress<'_>>,
     ) -> Result<CopyReport> {
-        let mut report = CopyReport { strategy: self.strategy, bytes_copied: 0, bytes_cloned: 0, hole_bytes: 0 };
+        let mut report = CopyReport {
+            strategy: self.strategy,
+            bytes_copied: 0,
+            bytes_cloned: 0,
+            hole_bytes: 0,
+        };
         if overlapping {
-            engine::move_bytes(self.engine, src, src_off, dst, dst_off, len, true, progress)
+            engine::move_bytes(self.engine, (src, src_off), (dst, dst_off), len, progress)
                 .map_err(|p| partial(op, dst_off, len, p))?;
             report.bytes_copied = len;
             return Ok(report);
@@ -408,11 +557,26 @@ impl Plan {
         let total: u64 = pieces.iter().map(|p| p.1).sum();
         let mut base = 0;
         for (at, n) in pieces {
-            let done = self.sparse_copy(op, src, src_off + at, dst, dst_off + at, n, di, caps, &mut report, base, total, progress)?;
+            let done = self.sparse_copy(
+                op,
+                src,
+                src_off + at,
+                dst,
+                dst_off + at,
+                n,
+                di,
+                caps,
+                &mut report,
+                base,
+                total,
+                progress,
+            )?;
             base += done;
         }
         let end = dst_off + len;
-        let size = sys::file_info(dst).map_err(|e| Error::os(op.to_string(), "fstat", e))?.size;
+        let size = sys::file_info(dst)
+            .map_err(|e| Error::os(op.to_string(), "fstat", e))?
+            .size;
         if size < end {
             sys::ftruncate(dst, end).map_err(|e| Error::os(op.to_string(), "ftruncate", e))?;
         }
@@ -447,8 +611,14 @@ impl Plan {
                             p(base + done + k, total);
                         }
                     };
-                    engine::move_bytes(self.engine, src, s.offset, dst, dd, s.len, false, Some(&shifted))
-                        .map_err(|p| partial(op, d, n, p))?;
+                    engine::move_bytes(
+                        self.engine,
+                        (src, s.offset),
+                        (dst, dd),
+                        s.len,
+                        Some(&shifted),
+                    )
+                    .map_err(|p| partial(op, d, n, p))?;
                     report.bytes_copied += s.len;
                 }
                 SegmentKind::Hole => {
@@ -456,9 +626,11 @@ impl Plan {
                     // Beyond the destination's old EOF a hole is already a hole.
                     if dd < di.size {
                         let n = s.len.min(di.size - dd);
-                        let punched = caps.punch_hole.works && sys::fallocate(dst, Falloc::PunchHole, dd, n).is_ok();
+                        let punched = caps.punch_hole.works
+                            && sys::fallocate(dst, Falloc::PunchHole, dd, n).is_ok();
                         if !punched {
-                            engine::write_zeros(dst, dd, n).map_err(|e| Error::os(op.to_string(), "pwrite", e))?;
+                            engine::write_zeros(dst, dd, n)
+                                .map_err(|e| Error::os(op.to_string(), "pwrite", e))?;
                         }
                     }
                 }

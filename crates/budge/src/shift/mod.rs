@@ -123,11 +123,22 @@ pub fn insert(file: &File, offset: u64, len: u64, opts: &ShiftOptions<'_>) -> Re
 ///
 /// # Errors
 /// As for [`insert`].
-pub fn collapse(file: &File, offset: u64, len: u64, opts: &ShiftOptions<'_>) -> Result<ShiftReport> {
+pub fn collapse(
+    file: &File,
+    offset: u64,
+    len: u64,
+    opts: &ShiftOptions<'_>,
+) -> Result<ShiftReport> {
     shift(file, Dir::Collapse, offset, len, opts)
 }
 
-fn shift(file: &File, dir: Dir, offset: u64, len: u64, opts: &ShiftOptions<'_>) -> Result<ShiftReport> {
+fn shift(
+    file: &File,
+    dir: Dir,
+    offset: u64,
+    len: u64,
+    opts: &ShiftOptions<'_>,
+) -> Result<ShiftReport> {
     let op = op_range(dir.verb(), offset, len);
     let info = writable_target(file, &op)?;
     let size = info.size;
@@ -201,16 +212,39 @@ fn shift(file: &File, dir: Dir, offset: u64, len: u64, opts: &ShiftOptions<'_>) 
         return finish(file, &op, opts, report(Strategy::Truncate, new_size));
     }
 
-    let ctx = Ctx { file, caps: &caps, dir, offset, len, size, new_size, op: &op, progress: opts.progress };
+    let ctx = Ctx {
+        file,
+        caps: &caps,
+        dir,
+        offset,
+        len,
+        size,
+        new_size,
+        op: &op,
+        progress: opts.progress,
+    };
     let (candidates, mut fallbacks) = ctx.candidates(opts)?;
     for strategy in candidates {
         match ctx.run(strategy) {
             Ok(bytes_copied) => {
-                let tail_reread = if strategy.copies_data() { 0 } else { size - offset };
-                let r = ShiftReport { strategy, bytes_copied, old_size: size, new_size, tail_reread, fallbacks };
+                let tail_reread = if strategy.copies_data() {
+                    0
+                } else {
+                    size - offset
+                };
+                let r = ShiftReport {
+                    strategy,
+                    bytes_copied,
+                    old_size: size,
+                    new_size,
+                    tail_reread,
+                    fallbacks,
+                };
                 return finish(file, &op, opts, r);
             }
-            Err(Outcome::Untouched(why)) if opts.strategy.is_none() => fallbacks.push((strategy, why)),
+            Err(Outcome::Untouched(why)) if opts.strategy.is_none() => {
+                fallbacks.push((strategy, why))
+            }
             Err(Outcome::Untouched(why)) => {
                 return Err(Error::new(ErrorKind::Unsupported, op.clone())
                     .with_hint(format!("forced strategy {strategy} failed: {why}")))
@@ -219,7 +253,8 @@ fn shift(file: &File, dir: Dir, offset: u64, len: u64, opts: &ShiftOptions<'_>) 
         }
     }
     let tried: Vec<String> = fallbacks.iter().map(|(s, w)| format!("{s}: {w}")).collect();
-    Err(Error::new(ErrorKind::Unsupported, op.clone()).with_hint(format!("no strategy worked ({})", tried.join("; "))))
+    Err(Error::new(ErrorKind::Unsupported, op.clone())
+        .with_hint(format!("no strategy worked ({})", tried.join("; "))))
 }
 
 fn finish(file: &File, op: &str, opts: &ShiftOptions<'_>, r: ShiftReport) -> Result<ShiftReport> {
@@ -276,7 +311,11 @@ impl Ctx<'_> {
                     Dir::Collapse => &self.caps.collapse_range,
                 };
                 if !sup.works {
-                    let n = if self.dir == Dir::Insert { "insert-range" } else { "collapse-range" };
+                    let n = if self.dir == Dir::Insert {
+                        "insert-range"
+                    } else {
+                        "collapse-range"
+                    };
                     Some((ErrorKind::Unsupported, format!("{fs} has no {n}")))
                 } else if !self.aligned() {
                     Some(align())
@@ -293,9 +332,10 @@ impl Ctx<'_> {
                     None
                 }
             }
-            Strategy::KernelCopy if !self.caps.copy_file_range.works => {
-                Some((ErrorKind::Unsupported, "copy_file_range does not work here".into()))
-            }
+            Strategy::KernelCopy if !self.caps.copy_file_range.works => Some((
+                ErrorKind::Unsupported,
+                "copy_file_range does not work here".into(),
+            )),
             _ => None,
         }
     }
@@ -303,7 +343,10 @@ impl Ctx<'_> {
     /// The strategies to try, best first, and the better ones skipped with
     /// the reason; an error if none may run.
     #[allow(clippy::type_complexity)]
-    fn candidates(&self, opts: &ShiftOptions<'_>) -> Result<(Vec<Strategy>, Vec<(Strategy, String)>)> {
+    fn candidates(
+        &self,
+        opts: &ShiftOptions<'_>,
+    ) -> Result<(Vec<Strategy>, Vec<(Strategy, String)>)> {
         if let Some(s) = opts.strategy {
             if let Some((kind, why)) = self.unavailable(s) {
                 return Err(self.err(kind, format!("cannot force {s}: {why}")));
@@ -338,11 +381,17 @@ impl Ctx<'_> {
             };
             return Err(self.err(
                 kind,
-                format!("metadata-only: {}; only a copy could do it ({fix})", reasons.join(" and ")),
+                format!(
+                    "metadata-only: {}; only a copy could do it ({fix})",
+                    reasons.join(" and ")
+                ),
             ));
         }
         // Report only the skipped strategies better than the first that runs.
-        let first = Strategy::FORCEABLE.iter().position(|s| *s == out[0]).unwrap_or(0);
+        let first = Strategy::FORCEABLE
+            .iter()
+            .position(|s| *s == out[0])
+            .unwrap_or(0);
         let skipped = why
             .into_iter()
             .filter(|(s, _)| Strategy::FORCEABLE.iter().position(|x| x == s).unwrap_or(0) < first)
@@ -399,14 +448,18 @@ impl Ctx<'_> {
     /// `offset`, extend it by the gap (insert) and clone the saved tail back
     /// at its new place. Roll back from the saved copy on failure.
     fn reflink(&self) -> Result<(), Outcome> {
-        let tmp = self.caps.temp_file_near(self.file).map_err(|e| Outcome::Untouched(format!("temporary file: {e}")))?;
+        let tmp = self
+            .caps
+            .temp_file_near(self.file)
+            .map_err(|e| Outcome::Untouched(format!("temporary file: {e}")))?;
         let saved = self.size - self.offset;
         // The clone flushes dirty pages of the range first, so data written
         // through a mapping is in the saved copy.
         sys::ficlonerange(&tmp, 0, self.file, self.offset, saved).map_err(|e| {
             if crate::error::kind_of(&e) == ErrorKind::NoSpace {
                 Outcome::Failed(
-                    Error::os(self.op.to_string(), "ioctl(FICLONERANGE)", e).with_hint("the file is unchanged"),
+                    Error::os(self.op.to_string(), "ioctl(FICLONERANGE)", e)
+                        .with_hint("the file is unchanged"),
                 )
             } else {
                 Outcome::Untouched(format!("ioctl(FICLONERANGE) into a temporary file: {e}"))
@@ -427,14 +480,18 @@ impl Ctx<'_> {
         match apply() {
             Ok(()) if self.size_now() == Some(self.new_size) => Ok(()),
             r => {
-                let e = r.err().unwrap_or_else(|| std::io::Error::other("unexpected size after the shift"));
+                let e = r
+                    .err()
+                    .unwrap_or_else(|| std::io::Error::other("unexpected size after the shift"));
                 let restored = sys::ftruncate(self.file, self.offset)
                     .and_then(|()| sys::ficlonerange(self.file, self.offset, &tmp, 0, saved))
                     .is_ok()
                     && self.size_now() == Some(self.size);
                 let err = Error::os(self.op.to_string(), "reflink shift", e);
                 if restored {
-                    return Err(Outcome::Failed(err.with_hint("rolled back: the file is unchanged")));
+                    return Err(Outcome::Failed(
+                        err.with_hint("rolled back: the file is unchanged"),
+                    ));
                 }
                 Err(Outcome::Failed(self.rescue(&tmp, err)))
             }
@@ -444,9 +501,17 @@ impl Ctx<'_> {
     /// Gives the saved tail a name so no data is lost, and says where.
     fn rescue(&self, tmp: &File, err: Error) -> Error {
         let name = format!(".budge-rescue-{}-{}", std::process::id(), self.offset);
-        let path = self.caps.scratch_dir(self.file).unwrap_or_else(|| self.caps.dir.clone()).join(name);
+        let path = self
+            .caps
+            .scratch_dir(self.file)
+            .unwrap_or_else(|| self.caps.dir.clone())
+            .join(name);
         let saved = match sys::link_tmpfile(tmp, &path) {
-            Ok(()) => format!("the original bytes from offset {} to EOF were saved to {}", self.offset, path.display()),
+            Ok(()) => format!(
+                "the original bytes from offset {} to EOF were saved to {}",
+                self.offset,
+                path.display()
+            ),
             Err(e) => format!("saving the original tail failed too ({e}); it is lost"),
         };
         err.with_kind(ErrorKind::PartiallyApplied).with_hint(format!(
@@ -463,7 +528,12 @@ impl Ctx<'_> {
         let fail = |call: &'static str, e: std::io::Error, hint: String| {
             Outcome::Failed(Error::os(self.op.to_string(), call, e).with_hint(hint))
         };
-        let tail_from = self.offset + if self.dir == Dir::Collapse { self.len } else { 0 };
+        let tail_from = self.offset
+            + if self.dir == Dir::Collapse {
+                self.len
+            } else {
+                0
+            };
         let tail = self.size - tail_from;
         match self.dir {
             Dir::Insert => {
@@ -472,34 +542,78 @@ impl Ctx<'_> {
                 // speculatively far past EOF on the extending writes).
                 let undo_size = |hint: &str| {
                     let ok = sys::ftruncate(self.file, self.size).is_ok();
-                    if ok { hint.to_string() } else { format!("{hint}; restoring the size failed") }
+                    if ok {
+                        hint.to_string()
+                    } else {
+                        format!("{hint}; restoring the size failed")
+                    }
                 };
                 if let Err(e) = sys::fallocate(self.file, Falloc::Allocate, self.size, self.len) {
                     if crate::error::kind_of(&e) == ErrorKind::NoSpace {
-                        return Err(fail("fallocate", e, undo_size("no space for the moved tail; the file is unchanged")));
+                        return Err(fail(
+                            "fallocate",
+                            e,
+                            undo_size("no space for the moved tail; the file is unchanged"),
+                        ));
                     }
                 }
                 sys::ftruncate(self.file, self.new_size)
                     .map_err(|e| fail("ftruncate", e, undo_size("the file is unchanged")))?;
                 let to = self.offset + self.len;
-                if let Err(p) = engine::move_bytes(engine, self.file, self.offset, self.file, to, tail, true, self.progress) {
+                if let Err(p) = engine::move_bytes(
+                    engine,
+                    (self.file, self.offset),
+                    (self.file, to),
+                    tail,
+                    self.progress,
+                ) {
                     return Err(Outcome::Failed(self.undo_insert_copy(engine, p)));
                 }
                 if let Err(e) = self.zero_gap(self.offset, self.len) {
-                    let p = Partial { done: tail, call: "zero the inserted range", err: e };
+                    let p = Partial {
+                        done: tail,
+                        call: "zero the inserted range",
+                        err: e,
+                    };
                     return Err(Outcome::Failed(self.undo_insert_copy(engine, p)));
                 }
                 Ok(tail)
             }
             Dir::Collapse => {
-                let saved = self.caps.temp_file_near(self.file).map_err(|e| fail("open temporary file", e, "the file is unchanged".into()))?;
-                engine::move_bytes(engine, self.file, self.offset, &saved, 0, self.len, false, None)
-                    .map_err(|p| fail(p.call, p.err, "saving the removed range failed; the file is unchanged".into()))?;
-                if let Err(p) = engine::move_bytes(engine, self.file, tail_from, self.file, self.offset, tail, true, self.progress) {
+                let saved = self
+                    .caps
+                    .temp_file_near(self.file)
+                    .map_err(|e| fail("open temporary file", e, "the file is unchanged".into()))?;
+                engine::move_bytes(
+                    engine,
+                    (self.file, self.offset),
+                    (&saved, 0),
+                    self.len,
+                    None,
+                )
+                .map_err(|p| {
+                    fail(
+                        p.call,
+                        p.err,
+                        "saving the removed range failed; the file is unchanged".into(),
+                    )
+                })?;
+                if let Err(p) = engine::move_bytes(
+                    engine,
+                    (self.file, tail_from),
+                    (self.file, self.offset),
+                    tail,
+                    self.progress,
+                ) {
                     return Err(Outcome::Failed(self.undo_collapse_copy(engine, &saved, p)));
                 }
-                sys::ftruncate(self.file, self.new_size)
-                    .map_err(|e| fail("ftruncate", e, "the data moved but the file was not shortened".into()))?;
+                sys::ftruncate(self.file, self.new_size).map_err(|e| {
+                    fail(
+                        "ftruncate",
+                        e,
+                        "the data moved but the file was not shortened".into(),
+                    )
+                })?;
                 Ok(self.len + tail)
             }
         }
@@ -518,7 +632,13 @@ impl Ctx<'_> {
     fn undo_insert_copy(&self, engine: Engine, p: Partial) -> Error {
         let err = Error::os(self.op.to_string(), p.call, p.err);
         let moved_from = self.size - p.done;
-        let back = engine::move_bytes(engine, self.file, moved_from + self.len, self.file, moved_from, p.done, true, None);
+        let back = engine::move_bytes(
+            engine,
+            (self.file, moved_from + self.len),
+            (self.file, moved_from),
+            p.done,
+            None,
+        );
         if back.is_ok() && sys::ftruncate(self.file, self.size).is_ok() {
             return err.with_hint("rolled back: the file is unchanged");
         }
@@ -535,14 +655,26 @@ impl Ctx<'_> {
     /// the removed range.
     fn undo_collapse_copy(&self, engine: Engine, saved: &File, p: Partial) -> Error {
         let err = Error::os(self.op.to_string(), p.call, p.err);
-        let back = engine::move_bytes(engine, self.file, self.offset, self.file, self.offset + self.len, p.done, true, None)
-            .and_then(|()| engine::move_bytes(engine, saved, 0, self.file, self.offset, self.len, false, None));
+        let back = engine::move_bytes(
+            engine,
+            (self.file, self.offset),
+            (self.file, self.offset + self.len),
+            p.done,
+            None,
+        )
+        .and_then(|()| {
+            engine::move_bytes(engine, (saved, 0), (self.file, self.offset), self.len, None)
+        });
         if back.is_ok() {
             return err.with_hint("rolled back: the file is unchanged");
         }
         let err = err.with_kind(ErrorKind::PartiallyApplied);
         let name = format!(".budge-rescue-{}-{}", std::process::id(), self.offset);
-        let path = self.caps.scratch_dir(self.file).unwrap_or_else(|| self.caps.dir.clone()).join(name);
+        let path = self
+            .caps
+            .scratch_dir(self.file)
+            .unwrap_or_else(|| self.caps.dir.clone())
+            .join(name);
         let where_saved = match sys::link_tmpfile(saved, &path) {
             Ok(()) => format!("the removed range was saved to {}", path.display()),
             Err(e) => format!("saving the removed range failed too ({e})"),

@@ -200,7 +200,8 @@ pub fn ext4_move_ext<O: AsFd, D: AsFd>(
 ) -> io::Result<u64> {
     let mut arg = MoveExtent {
         reserved: 0,
-        donor_fd: u32::try_from(donor.as_fd().as_raw_fd()).map_err(|_| io::ErrorKind::InvalidInput)?,
+        donor_fd: u32::try_from(donor.as_fd().as_raw_fd())
+            .map_err(|_| io::ErrorKind::InvalidInput)?,
         orig_start,
         donor_start,
         len,
@@ -209,7 +210,12 @@ pub fn ext4_move_ext<O: AsFd, D: AsFd>(
     // SAFETY: EXT4_IOC_MOVE_EXT reads and updates a `struct move_extent`,
     // reproduced by `MoveExtent` (size asserted); `donor_fd` is an open,
     // borrowed descriptor for the duration of the call.
-    unsafe { ioctl(orig, Updater::<EXT4_IOC_MOVE_EXT, MoveExtent>::new(&mut arg)) }?;
+    unsafe {
+        ioctl(
+            orig,
+            Updater::<EXT4_IOC_MOVE_EXT, MoveExtent>::new(&mut arg),
+        )
+    }?;
     Ok(arg.moved_len)
 }
 
@@ -254,8 +260,13 @@ pub fn xfs_exchange_range<F1: AsFd, F2: AsFd>(
     // SAFETY: XFS_IOC_EXCHANGE_RANGE is a write ioctl reading a
     // `struct xfs_exchange_range`, reproduced by `XfsExchangeRange` (size
     // asserted); `file1_fd` is open and borrowed for the call.
-    unsafe { ioctl(file2, Setter::<XFS_IOC_EXCHANGE_RANGE, XfsExchangeRange>::new(arg)) }
-        .map_err(Into::into)
+    unsafe {
+        ioctl(
+            file2,
+            Setter::<XFS_IOC_EXCHANGE_RANGE, XfsExchangeRange>::new(arg),
+        )
+    }
+    .map_err(Into::into)
 }
 
 /// How [`fs_shutdown`] treats the log.

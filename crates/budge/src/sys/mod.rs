@@ -16,7 +16,7 @@ use rustix::fs::{FallocateFlags, Mode, OFlags, SeekFrom};
 use rustix::io::Errno;
 
 pub use ioctl::{
-    ext4_move_ext, fiemap, fs_shutdown, ficlonerange, xfs_exchange_range, RawExtent, ShutdownMode,
+    ext4_move_ext, ficlonerange, fiemap, fs_shutdown, xfs_exchange_range, RawExtent, ShutdownMode,
     FIEMAP_FLAG_SYNC,
 };
 
@@ -76,7 +76,8 @@ pub fn fallocate<Fd: AsFd>(fd: Fd, mode: Falloc, offset: u64, len: u64) -> io::R
 
 /// Set once the kernel says `copy_file_range` does not exist (ENOSYS or
 /// EPERM from a seccomp filter), so later calls skip it.
-static NO_COPY_FILE_RANGE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static NO_COPY_FILE_RANGE: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 
 /// `copy_file_range(src, &src_off, dst, &dst_off, len, 0)`: one call; may
 /// return less than `len` (XFS and btrfs do for unaligned tails), 0 at EOF.
@@ -239,7 +240,8 @@ pub fn file_info<Fd: AsFd>(fd: Fd) -> io::Result<FileInfo> {
     let acc = fl & OFlags::RWMODE;
     Ok(FileInfo {
         size: u64::try_from(st.st_size).unwrap_or(0),
-        regular: rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile,
+        regular: rustix::fs::FileType::from_raw_mode(st.st_mode)
+            == rustix::fs::FileType::RegularFile,
         dev: st.st_dev,
         ino: st.st_ino,
         readable: acc == OFlags::RDONLY || acc == OFlags::RDWR,
@@ -289,7 +291,9 @@ impl FsKind {
     pub fn max_file_size(self, block_size: u64) -> u64 {
         match self {
             // ext4 extent files: 2^32 blocks.
-            FsKind::Ext4 => block_size.saturating_mul(1 << 32).min(crate::range::MAX_LFS_FILESIZE),
+            FsKind::Ext4 => block_size
+                .saturating_mul(1 << 32)
+                .min(crate::range::MAX_LFS_FILESIZE),
             _ => crate::range::MAX_LFS_FILESIZE,
         }
     }

@@ -25,13 +25,22 @@ pub struct Support {
 
 impl Support {
     fn yes() -> Self {
-        Support { works: true, note: None }
+        Support {
+            works: true,
+            note: None,
+        }
     }
     fn yes_but(note: impl Into<String>) -> Self {
-        Support { works: true, note: Some(note.into()) }
+        Support {
+            works: true,
+            note: Some(note.into()),
+        }
     }
     fn no(note: impl Into<String>) -> Self {
-        Support { works: false, note: Some(note.into()) }
+        Support {
+            works: false,
+            note: Some(note.into()),
+        }
     }
     fn from_io(err: &io::Error) -> Self {
         Support::no(err.to_string())
@@ -120,7 +129,10 @@ impl Capabilities {
     /// file whose probed directory is gone), or any error creating the file.
     pub fn temp_file_near(&self, file: &File) -> io::Result<File> {
         let dir = self.scratch_dir(file).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::NotFound, "no directory on the file's filesystem for a temporary file")
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                "no directory on the file's filesystem for a temporary file",
+            )
         })?;
         match super::open_tmpfile(&dir) {
             Ok(f) => Ok(f),
@@ -163,7 +175,11 @@ pub fn probe(dir: &Path) -> Result<Arc<Capabilities>> {
 /// found (an unlinked file): call [`probe`] on a directory there first.
 pub fn probe_file(file: &File) -> Result<Arc<Capabilities>> {
     let info = super::file_info(file).map_err(|e| Error::os("probe", "fstat", e))?;
-    if let Some(c) = cache().lock().unwrap_or_else(|p| p.into_inner()).get(&info.dev) {
+    if let Some(c) = cache()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&info.dev)
+    {
         return Ok(Arc::clone(c));
     }
     let dir = dir_of(file).ok_or_else(|| {
@@ -197,7 +213,11 @@ pub fn probe_uncached(dir: &Path) -> Result<Capabilities> {
         ),
     };
     let fs = super::fs_info(&first).map_err(err("fstatfs"))?;
-    let p = Prober { dir, bs: fs.block_size, first: Mutex::new(Some(first)) };
+    let p = Prober {
+        dir,
+        bs: fs.block_size,
+        first: Mutex::new(Some(first)),
+    };
     let (copy_file_range, copy_file_range_reflinks) = p.copy_file_range();
     Ok(Capabilities {
         dir: dir.to_path_buf(),
@@ -305,7 +325,13 @@ impl Prober<'_> {
             let len = 4 * self.bs;
             let mut done = 0;
             while done < len {
-                let n = super::copy_file_range(&src, done, &dst, done, usize::try_from(len - done).unwrap_or(usize::MAX))?;
+                let n = super::copy_file_range(
+                    &src,
+                    done,
+                    &dst,
+                    done,
+                    usize::try_from(len - done).unwrap_or(usize::MAX),
+                )?;
                 if n == 0 {
                     break;
                 }
@@ -316,7 +342,10 @@ impl Prober<'_> {
             let reflinks = match super::fiemap(&dst, 0, len, super::FIEMAP_FLAG_SYNC) {
                 Ok(ext) if ext.is_empty() => Support::no("no extents reported"),
                 Ok(ext) => {
-                    if ext.iter().all(|e| e.flags & crate::extents::flags::SHARED != 0) {
+                    if ext
+                        .iter()
+                        .all(|e| e.flags & crate::extents::flags::SHARED != 0)
+                    {
                         Support::yes()
                     } else {
                         Support::no("copies data (extents not shared)")
@@ -332,7 +361,10 @@ impl Prober<'_> {
                 Support::no("call succeeded but the file content was wrong"),
                 Support::no("copy_file_range does not work"),
             ),
-            Err(e) => (Support::from_io(&e), Support::no("copy_file_range does not work")),
+            Err(e) => (
+                Support::from_io(&e),
+                Support::no("copy_file_range does not work"),
+            ),
         }
     }
 

@@ -10,7 +10,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-pub use budge::{Policy, ShiftOptions, Strategy};
+pub use budge::{ShiftOptions, Strategy};
 
 /// One filesystem of the matrix, with a fresh directory for this test.
 pub struct TestFs {
@@ -141,7 +141,10 @@ pub fn model_collapse(v: &[u8], at: usize, n: usize) -> Vec<u8> {
 
 /// Options forcing one strategy.
 pub fn forced(s: Strategy) -> ShiftOptions<'static> {
-    ShiftOptions { strategy: Some(s), ..ShiftOptions::default() }
+    ShiftOptions {
+        strategy: Some(s),
+        ..ShiftOptions::default()
+    }
 }
 
 /// The strategies that can run on this filesystem for block-aligned shifts.
