@@ -102,3 +102,30 @@ fn enospc_ext4() {
 fn enospc_tmpfs() {
     enospc("tmpfs");
 }
+
+/// btrfs rewrites every overwritten block elsewhere, so a copying shift needs
+/// free space for the whole tail, not just the inserted range: budge checks
+/// before moving a byte instead of failing half-way.
+#[test]
+fn copy_shift_on_nearly_full_btrfs_fails_before_moving() {
+    run_small("btrfs", |fs| {
+        let orig = data(8 << 20, 2);
+        let f = fs.file_with("f", &orig);
+        f.sync_all().unwrap();
+        let filler = fill(fs, 2 << 20);
+        // (Not KernelCopy: copy_file_range reflinks on btrfs and needs no space.)
+        for s in [Strategy::UserCopy] {
+            let e = insert(&f, 1 << 20, 64 << 10, &forced(s)).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::NoSpace, "{e}");
+            assert!(e.to_string().contains("copy-on-write"), "{e}");
+            assert!(read_all(&f) == orig);
+            let e = collapse(&f, 1 << 20, 64 << 10, &forced(s)).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::NoSpace, "{e}");
+            assert!(read_all(&f) == orig);
+        }
+        // The reflink shift needs no data space and still works.
+        insert(&f, 1 << 20, 64 << 10, &forced(Strategy::Reflink)).unwrap();
+        assert!(read_all(&f) == common::model_insert(&orig, 1 << 20, 64 << 10));
+        drop(filler);
+    });
+}

@@ -6,23 +6,9 @@ mod common;
 
 use budge::map::SharedMap;
 use budge::{collapse, insert, ErrorKind, Policy, ShiftOptions, Strategy};
-use common::{data, forced, read_all, shift_strategies, TestFs};
+use common::{data, forced, model_collapse, model_insert, read_all, shift_strategies, TestFs};
 
 const BS: usize = 4096;
-
-/// `v` with `n` zeros inserted at `at`.
-fn model_insert(v: &[u8], at: usize, n: usize) -> Vec<u8> {
-    let mut m = v[..at].to_vec();
-    m.extend(std::iter::repeat_n(0, n));
-    m.extend_from_slice(&v[at..]);
-    m
-}
-
-fn model_collapse(v: &[u8], at: usize, n: usize) -> Vec<u8> {
-    let mut m = v[..at].to_vec();
-    m.extend_from_slice(&v[at + n..]);
-    m
-}
 
 fn unchanged(fs: &TestFs, name: &str, orig: &[u8]) {
     let f = std::fs::File::open(fs.path(name)).unwrap();

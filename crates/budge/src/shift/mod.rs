@@ -448,10 +448,16 @@ impl Ctx<'_> {
     /// `offset`, extend it by the gap (insert) and clone the saved tail back
     /// at its new place. Roll back from the saved copy on failure.
     fn reflink(&self) -> Result<(), Outcome> {
-        let tmp = self
-            .caps
-            .temp_file_near(self.file)
-            .map_err(|e| Outcome::Untouched(format!("temporary file: {e}")))?;
+        let tmp = self.caps.temp_file_near(self.file).map_err(|e| {
+            if crate::error::kind_of(&e) == ErrorKind::NoSpace {
+                Outcome::Failed(
+                    Error::os(self.op.to_string(), "create temporary file", e)
+                        .with_hint("the file is unchanged"),
+                )
+            } else {
+                Outcome::Untouched(format!("temporary file: {e}"))
+            }
+        })?;
         let saved = self.size - self.offset;
         // The clone flushes dirty pages of the range first, so data written
         // through a mapping is in the saved copy.
@@ -535,6 +541,7 @@ impl Ctx<'_> {
                 0
             };
         let tail = self.size - tail_from;
+        self.check_space(tail).map_err(Outcome::Failed)?;
         match self.dir {
             Dir::Insert => {
                 // Reserve the blocks the moved tail will need beyond EOF, and
@@ -617,6 +624,28 @@ impl Ctx<'_> {
                 Ok(self.len + tail)
             }
         }
+    }
+
+    /// On a copy-on-write filesystem every overwritten block needs a new
+    /// one, so a move needs free space for the whole tail (plus the new
+    /// range, or the saved range of a collapse). Checking first is what lets
+    /// the move fail before touching the file; the roll-back would need the
+    /// same space.
+    fn check_space(&self, tail: u64) -> Result<()> {
+        let cow = matches!(self.caps.fs.kind, sys::FsKind::Btrfs);
+        let need = self.len + if cow { tail } else { 0 };
+        let avail = sys::fs_info(self.file)
+            .map_err(|e| Error::os(self.op.to_string(), "fstatfs", e))?
+            .avail_bytes;
+        if cow && avail < need.saturating_add(need / 8) {
+            return Err(Error::new(ErrorKind::NoSpace, self.op.to_string()).with_hint(format!(
+                "moving the tail on {} needs about {} free (copy-on-write rewrites every block), {} available; the file is unchanged",
+                self.caps.fs.kind.name(),
+                fmt_size(need),
+                fmt_size(avail)
+            )));
+        }
+        Ok(())
     }
 
     fn zero_gap(&self, offset: u64, len: u64) -> std::io::Result<()> {

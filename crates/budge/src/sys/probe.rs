@@ -182,12 +182,49 @@ pub fn probe_file(file: &File) -> Result<Arc<Capabilities>> {
     {
         return Ok(Arc::clone(c));
     }
-    let dir = dir_of(file).ok_or_else(|| {
-        Error::new(crate::ErrorKind::InvalidArgument, "probe").with_hint(
-            "cannot find the file's directory to probe its filesystem; call budge::probe(dir) first",
-        )
-    })?;
-    probe(&dir)
+    let probed = match dir_of(file) {
+        Some(dir) => probe(&dir),
+        None => Err(Error::new(crate::ErrorKind::NotFound, "probe")
+            .with_hint("the file has no directory (unlinked)")),
+    };
+    match probed {
+        Ok(c) => Ok(c),
+        // No temporary files possible there (e.g. a directory without write
+        // permission): operations on the file itself are still worth trying,
+        // since each falls back when the kernel refuses.
+        Err(e) => Ok(Arc::new(Capabilities::unprobed(file, &e)?)),
+    }
+}
+
+impl Capabilities {
+    /// Capabilities for a file whose filesystem could not be probed: the
+    /// in-place operations are marked "try it" (each strategy falls back on
+    /// EOPNOTSUPP), those needing temporary files are marked missing.
+    fn unprobed(file: &File, why: &Error) -> Result<Capabilities> {
+        let fs = super::fs_info(file).map_err(|e| Error::os("probe", "fstatfs", e))?;
+        let dir = dir_of(file).unwrap_or_default();
+        let tryit = || Support::yes_but(format!("not probed ({why}); tried directly"));
+        let no = || Support::no(format!("needs a temporary file; not probed ({why})"));
+        Ok(Capabilities {
+            dir,
+            fs,
+            insert_range: tryit(),
+            collapse_range: tryit(),
+            punch_hole: tryit(),
+            zero_range: tryit(),
+            ficlone: no(),
+            ficlonerange: no(),
+            ficlonerange_same_file: tryit(),
+            copy_file_range: tryit(),
+            copy_file_range_reflinks: no(),
+            fiemap: tryit(),
+            seek_data: tryit(),
+            o_tmpfile: no(),
+            rename_exchange: no(),
+            xfs_exchange_range: no(),
+            ext4_move_ext: no(),
+        })
+    }
 }
 
 fn dir_of(file: &File) -> Option<PathBuf> {

@@ -78,8 +78,13 @@ pub fn run(kind: &'static str, body: impl FnOnce(&TestFs)) {
     }
 }
 
-/// Runs `body` on the small (ENOSPC) filesystem `kind`.
+/// Runs `body` on the small (ENOSPC) filesystem `kind`. Tests that fill a
+/// small filesystem would disturb each other, so they run one at a time.
 pub fn run_small(kind: &'static str, body: impl FnOnce(&TestFs)) {
+    static SMALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = SMALL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(fs) = get("BUDGE_TEST_FS_SMALL", kind) {
         body(&fs);
     }
@@ -130,6 +135,14 @@ pub fn read_all(f: &File) -> Vec<u8> {
     let mut v = vec![0; n];
     f.read_exact_at(&mut v, 0).unwrap();
     v
+}
+
+/// `v` with `n` zeros inserted at `at`.
+pub fn model_insert(v: &[u8], at: usize, n: usize) -> Vec<u8> {
+    let mut m = v[..at].to_vec();
+    m.extend(std::iter::repeat_n(0, n));
+    m.extend_from_slice(&v[at..]);
+    m
 }
 
 /// `v` with `[at, at+n)` removed.
