@@ -123,6 +123,44 @@ fn check_ranges(
     }
 }
 
+impl CopyReport {
+    fn nothing() -> Self {
+        CopyReport {
+            strategy: Strategy::Nothing,
+            bytes_copied: 0,
+            bytes_cloned: 0,
+            hole_bytes: 0,
+        }
+    }
+}
+
+/// The operation's name, both files' fstat and the capabilities.
+type Prepared = (String, FileInfo, FileInfo, Arc<Capabilities>);
+
+/// The checks shared by clone and copy: names the operation, validates both
+/// files and the ranges, and returns `None` for a zero length.
+fn prepare(
+    verb: &str,
+    src: &File,
+    src_off: u64,
+    dst: &File,
+    dst_off: u64,
+    len: u64,
+) -> Result<Option<Prepared>> {
+    let op = format!(
+        "{verb} {} from {} to {}",
+        fmt_size(len),
+        fmt_size(src_off),
+        fmt_size(dst_off)
+    );
+    let si = readable_source(src, &op)?;
+    let di = writable_target(dst, &op)?;
+    let caps = sys::probe::probe_file(dst)?;
+    let max = caps.fs.kind.max_file_size(caps.block_size());
+    check_ranges(&op, &si, src_off, dst_off, len, max)?;
+    Ok((len > 0).then_some((op, si, di, caps)))
+}
+
 /// Makes `dst[dst_off..+len]` share `src[src_off..+len]`'s blocks
 /// (FICLONERANGE): no data is copied, and it is an error if that is
 /// impossible. Offsets and length must be multiples of the block size,
@@ -139,31 +177,9 @@ pub fn clone_range(
     dst_off: u64,
     len: u64,
 ) -> Result<CopyReport> {
-    let op = format!(
-        "clone {} from {} to {}",
-        fmt_size(len),
-        fmt_size(src_off),
-        fmt_size(dst_off)
-    );
-    let si = readable_source(src, &op)?;
-    let di = writable_target(dst, &op)?;
-    let caps = sys::probe::probe_file(dst)?;
-    check_ranges(
-        &op,
-        &si,
-        src_off,
-        dst_off,
-        len,
-        caps.fs.kind.max_file_size(caps.block_size()),
-    )?;
-    if len == 0 {
-        return Ok(CopyReport {
-            strategy: Strategy::Nothing,
-            bytes_copied: 0,
-            bytes_cloned: 0,
-            hole_bytes: 0,
-        });
-    }
+    let Some((op, si, di, caps)) = prepare("clone", src, src_off, dst, dst_off, len)? else {
+        return Ok(CopyReport::nothing());
+    };
     if same_file(&si, &di) && overlaps(src_off, dst_off, len) {
         return Err(Error::new(ErrorKind::InvalidArgument, op).with_hint(
             "source and destination ranges of the same file overlap; use copy (memmove) instead",
@@ -242,31 +258,9 @@ pub fn copy_range(
     len: u64,
     opts: &CopyOptions<'_>,
 ) -> Result<CopyReport> {
-    let op = format!(
-        "copy {} from {} to {}",
-        fmt_size(len),
-        fmt_size(src_off),
-        fmt_size(dst_off)
-    );
-    let si = readable_source(src, &op)?;
-    let di = writable_target(dst, &op)?;
-    let caps = sys::probe::probe_file(dst)?;
-    check_ranges(
-        &op,
-        &si,
-        src_off,
-        dst_off,
-        len,
-        caps.fs.kind.max_file_size(caps.block_size()),
-    )?;
-    if len == 0 {
-        return Ok(CopyReport {
-            strategy: Strategy::Nothing,
-            bytes_copied: 0,
-            bytes_cloned: 0,
-            hole_bytes: 0,
-        });
-    }
+    let Some((op, si, di, caps)) = prepare("copy", src, src_off, dst, dst_off, len)? else {
+        return Ok(CopyReport::nothing());
+    };
     let same = same_file(&si, &di);
     let overlapping = same && overlaps(src_off, dst_off, len);
     let plan = Plan::choose(

@@ -444,33 +444,31 @@ impl Ctx<'_> {
         }
     }
 
+    /// A failure before the file was touched: out of space is an error (no
+    /// other strategy would do better); anything else lets the next one try.
+    fn before_change(&self, call: &'static str, e: std::io::Error) -> Outcome {
+        if crate::error::kind_of(&e) == ErrorKind::NoSpace {
+            Outcome::Failed(
+                Error::os(self.op.to_string(), call, e).with_hint("the file is unchanged"),
+            )
+        } else {
+            Outcome::Untouched(format!("{call}: {e}"))
+        }
+    }
+
     /// Save `[offset, size)` in a temporary file, truncate the file at
     /// `offset`, extend it by the gap (insert) and clone the saved tail back
     /// at its new place. Roll back from the saved copy on failure.
     fn reflink(&self) -> Result<(), Outcome> {
-        let tmp = self.caps.temp_file_near(self.file).map_err(|e| {
-            if crate::error::kind_of(&e) == ErrorKind::NoSpace {
-                Outcome::Failed(
-                    Error::os(self.op.to_string(), "create temporary file", e)
-                        .with_hint("the file is unchanged"),
-                )
-            } else {
-                Outcome::Untouched(format!("temporary file: {e}"))
-            }
-        })?;
+        let tmp = self
+            .caps
+            .temp_file_near(self.file)
+            .map_err(|e| self.before_change("create temporary file", e))?;
         let saved = self.size - self.offset;
         // The clone flushes dirty pages of the range first, so data written
         // through a mapping is in the saved copy.
-        sys::ficlonerange(&tmp, 0, self.file, self.offset, saved).map_err(|e| {
-            if crate::error::kind_of(&e) == ErrorKind::NoSpace {
-                Outcome::Failed(
-                    Error::os(self.op.to_string(), "ioctl(FICLONERANGE)", e)
-                        .with_hint("the file is unchanged"),
-                )
-            } else {
-                Outcome::Untouched(format!("ioctl(FICLONERANGE) into a temporary file: {e}"))
-            }
-        })?;
+        sys::ficlonerange(&tmp, 0, self.file, self.offset, saved)
+            .map_err(|e| self.before_change("ioctl(FICLONERANGE) into a temporary file", e))?;
         let (skip, gap) = match self.dir {
             Dir::Insert => (0, self.len),
             Dir::Collapse => (self.len, 0),
