@@ -272,3 +272,50 @@ fs_test!(extents_and_data_map, |fs| {
     let hole = map.iter().find(|s| s.kind == SegmentKind::Hole).unwrap();
     assert_eq!((hole.offset, hole.len), (1 << 20, 1 << 20), "{map:?}");
 });
+
+fs_test!(copy_onto_itself_and_small_distance_moves, |fs| {
+    let a = data(256 << 10, 11);
+    let f = fs.file_with("f", &a);
+    // Onto itself: nothing to do, with any strategy.
+    for s in [None, Some(Strategy::KernelCopy), Some(Strategy::UserCopy)] {
+        let opts = CopyOptions {
+            strategy: s,
+            ..CopyOptions::default()
+        };
+        let r = copy::copy_range(&f, BS, &f, BS, BS, &opts).unwrap();
+        assert_eq!(r.strategy, Strategy::Nothing);
+        assert!(read_all(&f) == a);
+    }
+    // A 1-byte move of 255 KiB, both directions: memmove, in few calls.
+    let mut m = a.clone();
+    copy::copy_range(&f, 0, &f, 1, 255 << 10, &CopyOptions::default()).unwrap();
+    m.copy_within(0..255 << 10, 1);
+    assert!(read_all(&f) == m);
+    copy::copy_range(&f, 3, &f, 0, 250 << 10, &CopyOptions::default()).unwrap();
+    m.copy_within(3..3 + (250 << 10), 0);
+    assert!(read_all(&f) == m);
+});
+
+fs_test!(forced_copy_contradicting_metadata_only_is_refused, |fs| {
+    let a = data(16 * BS as usize, 12);
+    let f = fs.file_with("f", &a);
+    let g = fs.file_with("g", &[]);
+    for s in [Strategy::KernelCopy, Strategy::UserCopy] {
+        let opts = CopyOptions {
+            policy: Policy::MetadataOnly,
+            strategy: Some(s),
+            ..CopyOptions::default()
+        };
+        let e = copy::copy_range(&f, 0, &g, 0, BS, &opts).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        assert!(e.to_string().contains("contradicts metadata-only"), "{e}");
+        let sopts = budge::ShiftOptions {
+            policy: Policy::MetadataOnly,
+            strategy: Some(s),
+            ..Default::default()
+        };
+        let e = budge::insert(&f, 0, BS, &sopts).unwrap_err();
+        assert!(e.to_string().contains("contradicts metadata-only"), "{e}");
+    }
+    assert!(read_all(&f) == a && read_all(&g).is_empty());
+});

@@ -132,6 +132,45 @@ fn user_copy(
     Ok(())
 }
 
+/// Below this move distance, an overlapping same-file copy goes through
+/// [`move_buffered`] instead of distance-sized chunks.
+pub(crate) const BOUNCE_BELOW: u64 = 64 << 10;
+
+/// A same-file memmove of `len` bytes from `src_off` to `dst_off` in
+/// memmove-ordered chunks of up to 1 MiB, each read whole into memory before
+/// it is written, so the chunk size does not depend on the move distance.
+/// On failure, `done` counts the completed chunks; the failing chunk's own
+/// source may be partly overwritten (callers report, not roll back).
+pub(crate) fn move_buffered(
+    file: &File,
+    src_off: u64,
+    dst_off: u64,
+    len: u64,
+    progress: Option<Progress<'_>>,
+) -> Result<(), Partial> {
+    const CHUNK: u64 = 1 << 20;
+    let mut buf = vec![0u8; usize::try_from(CHUNK.min(len)).unwrap_or(1 << 20)];
+    let mut done = 0;
+    for (at, n) in memmove_chunks(src_off, dst_off, len, CHUNK) {
+        let b = &mut buf[..usize::try_from(n).unwrap_or(0)];
+        file.read_exact_at(b, src_off + at).map_err(|err| Partial {
+            done,
+            call: "pread",
+            err,
+        })?;
+        file.write_all_at(b, dst_off + at).map_err(|err| Partial {
+            done,
+            call: "pwrite",
+            err,
+        })?;
+        done += n;
+        if let Some(p) = progress {
+            p(done, len);
+        }
+    }
+    Ok(())
+}
+
 /// Writes `len` zero bytes at `offset` (the last resort for zeroing).
 pub(crate) fn write_zeros(file: &File, offset: u64, len: u64) -> io::Result<()> {
     let zeros = vec![0u8; usize::try_from(len.min(1 << 20)).unwrap_or(1 << 20)];

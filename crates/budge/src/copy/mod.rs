@@ -261,7 +261,20 @@ pub fn copy_range(
     let Some((op, si, di, caps)) = prepare("copy", src, src_off, dst, dst_off, len)? else {
         return Ok(CopyReport::nothing());
     };
+    if let Some(s) = opts.strategy {
+        if s.copies_data() && opts.policy == Policy::MetadataOnly {
+            return Err(
+                Error::new(ErrorKind::InvalidArgument, op).with_hint(format!(
+                    "forcing {s} contradicts metadata-only: it copies data"
+                )),
+            );
+        }
+    }
     let same = same_file(&si, &di);
+    if same && src_off == dst_off {
+        // Copying a range onto itself changes nothing.
+        return Ok(CopyReport::nothing());
+    }
     let overlapping = same && overlaps(src_off, dst_off, len);
     let plan = Plan::choose(
         &op,
@@ -527,8 +540,14 @@ impl Plan {
             hole_bytes: 0,
         };
         if overlapping {
-            engine::move_bytes(self.engine, (src, src_off), (dst, dst_off), len, progress)
-                .map_err(|p| partial(op, dst_off, len, p))?;
+            let moved = if src_off.abs_diff(dst_off) < engine::BOUNCE_BELOW {
+                // A short move distance would mean len/distance calls:
+                // bounce whole chunks through memory instead.
+                engine::move_buffered(src, src_off, dst_off, len, progress)
+            } else {
+                engine::move_bytes(self.engine, (src, src_off), (dst, dst_off), len, progress)
+            };
+            moved.map_err(|p| partial(op, dst_off, len, p))?;
             report.bytes_copied = len;
             return Ok(report);
         }

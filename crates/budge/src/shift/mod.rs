@@ -158,6 +158,11 @@ fn shift(
         if !Strategy::FORCEABLE.contains(&s) {
             return Err(invalid(format!("strategy {s} cannot be forced")));
         }
+        if s.copies_data() && opts.policy == Policy::MetadataOnly {
+            return Err(invalid(format!(
+                "forcing {s} contradicts metadata-only: it copies data"
+            )));
+        }
     }
     if len == 0 {
         return Ok(report(Strategy::Nothing, size));
