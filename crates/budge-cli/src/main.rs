@@ -185,6 +185,9 @@ fn run(cmd: Cmd) -> CliResult {
     match cmd {
         Cmd::Probe { path, json } => {
             let path = path.unwrap_or_else(|| PathBuf::from("."));
+            if let Err(e) = std::fs::metadata(&path) {
+                return Err(budge::Error::os("probe", "stat", e).with_path(&path).into());
+            }
             let dir = if path.is_dir() { path.clone() } else { path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf) };
             let caps = budge::sys::probe::probe_uncached(&dir)?;
             output::print_probe(&caps, json)?;

@@ -35,6 +35,17 @@ fn usage_errors_exit_2() {
 }
 
 #[test]
+fn probe_of_a_missing_path_fails() {
+    let out = budge(&["probe", "/nonexistent/budge-dir"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("budge: probe in /nonexistent/budge-dir: stat:"),
+        "{err}"
+    );
+}
+
+#[test]
 fn missing_file_exits_1_naming_it() {
     let out = budge(&["insert", "/nonexistent/budge-file", "0", "4k"]);
     assert_eq!(out.status.code(), Some(1));

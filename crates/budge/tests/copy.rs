@@ -82,6 +82,30 @@ fs_test!(clone_range_shares_blocks_or_refuses, |fs| {
     assert!(read_all(&src) == m);
 });
 
+fs_test!(clone_across_filesystems_is_refused, |fs| {
+    let other = if fs.kind == "tmpfs" { "xfs" } else { "tmpfs" };
+    let src = fs.file_with("src", &data(4 * BS as usize, 13));
+    common::run(other, |o| {
+        let dst = o.file_with("dst", &[]);
+        let e = copy::clone_file(&src, &dst).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unsupported);
+        assert!(e.to_string().contains("different filesystems"), "{e}");
+        let e = copy::clone_range(&src, 0, &dst, 0, BS).unwrap_err();
+        assert!(e.to_string().contains("different filesystems"), "{e}");
+        // A copy across filesystems works (no reflink possible).
+        let r = copy::copy_file(&src, &dst, &CopyOptions::default()).unwrap();
+        assert_eq!(r.strategy, Strategy::UserCopy);
+        assert!(read_all(&dst) == read_all(&src));
+        let opts = CopyOptions {
+            strategy: Some(Strategy::KernelCopy),
+            ..CopyOptions::default()
+        };
+        let e = copy::copy_range(&src, 0, &dst, 0, BS, &opts).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unsupported);
+        assert!(e.to_string().contains("between filesystems"), "{e}");
+    });
+});
+
 fs_test!(clone_whole_file, |fs| {
     let a = data(10 * BS as usize + 5, 2);
     let src = fs.file_with("src", &a);

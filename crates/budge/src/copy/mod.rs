@@ -227,7 +227,12 @@ pub fn clone_range(
 pub fn clone_file(src: &File, dst: &File) -> Result<CopyReport> {
     let op = "clone file";
     let si = readable_source(src, op)?;
-    writable_target(dst, op)?;
+    let di = writable_target(dst, op)?;
+    if si.dev != di.dev {
+        return Err(Error::new(ErrorKind::Unsupported, op).with_hint(
+            "source and destination are on different filesystems; reflinks cannot cross them",
+        ));
+    }
     sys::ficlone(dst, src).map_err(|e| {
         Error::os(op, "ioctl(FICLONE)", e).with_hint("the filesystem cannot reflink; use copy")
     })?;
@@ -465,7 +470,8 @@ impl Plan {
         });
         let mid = mid.filter(|&(_, m)| m > 0);
         let fully = mid.is_some_and(|(h, m)| h == 0 && m == len);
-        let kernel = caps.copy_file_range.works;
+        // copy_file_range refuses to cross filesystems (EXDEV since 5.19).
+        let kernel = caps.copy_file_range.works && si.dev == di.dev;
         let unsupported =
             |why: String| Err(Error::new(ErrorKind::Unsupported, op.to_string()).with_hint(why));
         match (opts.strategy, opts.policy) {
@@ -487,9 +493,11 @@ impl Plan {
                     )))
                 }
             }
-            (Some(Strategy::KernelCopy), _) if !kernel => {
-                unsupported("copy_file_range does not work here".into())
-            }
+            (Some(Strategy::KernelCopy), _) if !kernel => unsupported(if si.dev == di.dev {
+                "copy_file_range does not work here".into()
+            } else {
+                "copy_file_range cannot copy between filesystems".into()
+            }),
             (Some(Strategy::KernelCopy), _) => Ok(Plan {
                 reflink_mid: None,
                 engine: Engine::Kernel,
