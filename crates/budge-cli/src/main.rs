@@ -147,7 +147,8 @@ struct TransferArgs {
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
-    budge::range::parse_size(s).ok_or_else(|| format!("{s:?} is not a size (examples: 4096, 4k, 64KiB, 1G)"))
+    budge::range::parse_size(s)
+        .ok_or_else(|| format!("{s:?} is not a size (examples: 4096, 4k, 64KiB, 1G)"))
 }
 
 fn main() -> ExitCode {
@@ -188,7 +189,12 @@ fn run(cmd: Cmd) -> CliResult {
             if let Err(e) = std::fs::metadata(&path) {
                 return Err(budge::Error::os("probe", "stat", e).with_path(&path).into());
             }
-            let dir = if path.is_dir() { path.clone() } else { path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf) };
+            let dir = if path.is_dir() {
+                path.clone()
+            } else {
+                path.parent()
+                    .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+            };
             let caps = budge::sys::probe::probe_uncached(&dir)?;
             output::print_probe(&caps, json)?;
         }
@@ -196,13 +202,22 @@ fn run(cmd: Cmd) -> CliResult {
         Cmd::Collapse(a) => shift(a, false)?,
         Cmd::Punch(r) => {
             let f = open_rw(&r.file, "punch")?;
-            let rep = budge::copy::punch_hole(&f, r.offset, r.len).map_err(|e| e.with_path(&r.file))?;
+            let rep =
+                budge::copy::punch_hole(&f, r.offset, r.len).map_err(|e| e.with_path(&r.file))?;
             output::print_copy("punch", &rep, r.json)?;
         }
-        Cmd::Zero { range: r, metadata_only } => {
+        Cmd::Zero {
+            range: r,
+            metadata_only,
+        } => {
             let f = open_rw(&r.file, "zero")?;
-            let policy = if metadata_only { Policy::MetadataOnly } else { Policy::AllowCopy };
-            let rep = budge::copy::zero_range(&f, r.offset, r.len, policy).map_err(|e| e.with_path(&r.file))?;
+            let policy = if metadata_only {
+                Policy::MetadataOnly
+            } else {
+                Policy::AllowCopy
+            };
+            let rep = budge::copy::zero_range(&f, r.offset, r.len, policy)
+                .map_err(|e| e.with_path(&r.file))?;
             output::print_copy("zero", &rep, r.json)?;
         }
         Cmd::Clone(t) => {
@@ -213,11 +228,17 @@ fn run(cmd: Cmd) -> CliResult {
             let rep = transfer(&t, Some(&policy))?;
             output::print_copy("copy", &rep, t.json)?;
         }
-        Cmd::Extents { file, summary, json } => {
+        Cmd::Extents {
+            file,
+            summary,
+            json,
+        } => {
             let f = open_ro(&file, "list extents")?;
-            output::print_extents(&f, summary, json).map_err(|e| match e.downcast::<budge::Error>() {
-                Ok(be) => Box::new(be.with_path(&file)) as Box<dyn std::error::Error>,
-                Err(other) => other,
+            output::print_extents(&f, summary, json).map_err(|e| {
+                match e.downcast::<budge::Error>() {
+                    Ok(be) => Box::new(be.with_path(&file)) as Box<dyn std::error::Error>,
+                    Err(other) => other,
+                }
             })?;
         }
         Cmd::Demo { dir, size, json } => demo::run(dir, size, json)?,
@@ -249,7 +270,10 @@ fn shift(a: ShiftArgs, insert: bool) -> CliResult {
     Ok(())
 }
 
-fn transfer(t: &TransferArgs, policy: Option<&PolicyArgs>) -> Result<CopyReport, Box<dyn std::error::Error>> {
+fn transfer(
+    t: &TransferArgs,
+    policy: Option<&PolicyArgs>,
+) -> Result<CopyReport, Box<dyn std::error::Error>> {
     let verb = if policy.is_some() { "copy" } else { "clone" };
     let src = open_ro(&t.src, verb)?;
     let ranged = t.src_offset.is_some() || t.dst_offset.is_some() || t.len.is_some();
@@ -260,7 +284,10 @@ fn transfer(t: &TransferArgs, policy: Option<&PolicyArgs>) -> Result<CopyReport,
         .truncate(false)
         .open(&t.dst)
         .map_err(|e| budge::Error::os(verb, "open", e).with_path(&t.dst))?;
-    let src_len = src.metadata().map_err(|e| budge::Error::os(verb, "stat", e).with_path(&t.src))?.len();
+    let src_len = src
+        .metadata()
+        .map_err(|e| budge::Error::os(verb, "stat", e).with_path(&t.src))?
+        .len();
     let so = t.src_offset.unwrap_or(0);
     let len = t.len.unwrap_or_else(|| src_len.saturating_sub(so));
     let progress = Progress::new(verb);
@@ -269,7 +296,11 @@ fn transfer(t: &TransferArgs, policy: Option<&PolicyArgs>) -> Result<CopyReport,
         None if !ranged => budge::copy::clone_file(&src, &dst),
         None => budge::copy::clone_range(&src, so, &dst, t.dst_offset.unwrap_or(0), len),
         Some(p) => {
-            let opts = CopyOptions { policy: p.policy(), strategy: p.strategy, progress: Some(&cb) };
+            let opts = CopyOptions {
+                policy: p.policy(),
+                strategy: p.strategy,
+                progress: Some(&cb),
+            };
             if ranged {
                 budge::copy::copy_range(&src, so, &dst, t.dst_offset.unwrap_or(0), len, &opts)
             } else {
