@@ -155,7 +155,7 @@ fn prepare(
     );
     let si = readable_source(src, &op)?;
     let di = writable_target(dst, &op)?;
-    let caps = sys::probe::probe_file(dst)?;
+    let caps = sys::probe::probe_file_on(dst, di.dev)?;
     let max = caps.fs.kind.max_file_size(caps.block_size());
     check_ranges(&op, &si, src_off, dst_off, len, max)?;
     Ok((len > 0).then_some((op, si, di, caps)))
@@ -320,7 +320,7 @@ pub fn copy_file(src: &File, dst: &File, opts: &CopyOptions<'_>) -> Result<CopyR
         return Err(Error::new(ErrorKind::InvalidArgument, op)
             .with_hint("source and destination are the same file"));
     }
-    let caps = sys::probe::probe_file(dst)?;
+    let caps = sys::probe::probe_file_on(dst, di.dev)?;
     let try_clone = si.dev == di.dev
         && caps.ficlone.works
         && matches!(opts.strategy, None | Some(Strategy::Reflink));

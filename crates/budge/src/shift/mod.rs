@@ -167,7 +167,7 @@ fn shift(
     if len == 0 {
         return Ok(report(Strategy::Nothing, size));
     }
-    let caps = sys::probe::probe_file(file)?;
+    let caps = sys::probe::probe_file_on(file, info.dev)?;
     let new_size = match dir {
         Dir::Insert => {
             if offset > size {
@@ -544,7 +544,7 @@ impl Ctx<'_> {
                 0
             };
         let tail = self.size - tail_from;
-        self.check_space(tail).map_err(Outcome::Failed)?;
+        self.check_space(tail, engine).map_err(Outcome::Failed)?;
         match self.dir {
             Dir::Insert => {
                 // Reserve the blocks the moved tail will need beyond EOF, and
@@ -634,8 +634,11 @@ impl Ctx<'_> {
     /// range, or the saved range of a collapse). Checking first is what lets
     /// the move fail before touching the file; the roll-back would need the
     /// same space.
-    fn check_space(&self, tail: u64) -> Result<()> {
-        let cow = matches!(self.caps.fs.kind, sys::FsKind::Btrfs);
+    /// Where `copy_file_range` reflinks (btrfs, XFS), the kernel engine
+    /// shares blocks instead of rewriting them and needs no such space.
+    fn check_space(&self, tail: u64, engine: Engine) -> Result<()> {
+        let reflinks = engine == Engine::Kernel && self.caps.copy_file_range_reflinks.works;
+        let cow = matches!(self.caps.fs.kind, sys::FsKind::Btrfs) && !reflinks;
         let need = self.len + if cow { tail } else { 0 };
         let avail = sys::fs_info(self.file)
             .map_err(|e| Error::os(self.op.to_string(), "fstatfs", e))?

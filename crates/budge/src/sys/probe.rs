@@ -175,11 +175,13 @@ pub fn probe(dir: &Path) -> Result<Arc<Capabilities>> {
 /// found (an unlinked file): call [`probe`] on a directory there first.
 pub fn probe_file(file: &File) -> Result<Arc<Capabilities>> {
     let info = super::file_info(file).map_err(|e| Error::os("probe", "fstat", e))?;
-    if let Some(c) = cache()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&info.dev)
-    {
+    probe_file_on(file, info.dev)
+}
+
+/// [`probe_file`] for a caller that already knows the file's `st_dev`
+/// (saves an `fstat` on every operation).
+pub(crate) fn probe_file_on(file: &File, dev: u64) -> Result<Arc<Capabilities>> {
+    if let Some(c) = cache().lock().unwrap_or_else(|p| p.into_inner()).get(&dev) {
         return Ok(Arc::clone(c));
     }
     let probed = match dir_of(file) {
