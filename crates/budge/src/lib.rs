@@ -20,7 +20,7 @@
 //! // Make 64 KiB of room at 1 GiB; everything after it moves up.
 //! let report = insert(&file, 1 << 30, 64 << 10, &ShiftOptions::default())?;
 //! println!("{} copied {} bytes", report.strategy, report.bytes_copied);
-//! # Ok::<(), budge::Error>(())
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
 //! The layers, in the order data flows: [`sys`] (the only code that calls the
