@@ -16,11 +16,17 @@ fn word(o: u64, seed: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-/// Fills `buf` with the pattern bytes for file offsets `[at, at+len)`.
+/// Fills `buf` with the pattern bytes for file offsets `[at, at+len)`, a
+/// word at a time (any alignment).
 pub fn fill(buf: &mut [u8], at: u64, seed: u64) {
-    for (i, b) in buf.iter_mut().enumerate() {
+    let mut i = 0;
+    while i < buf.len() {
         let o = at + i as u64;
-        *b = word(o & !7, seed).to_le_bytes()[(o & 7) as usize];
+        let bytes = word(o & !7, seed).to_le_bytes();
+        let skip = (o & 7) as usize;
+        let n = (8 - skip).min(buf.len() - i);
+        buf[i..i + n].copy_from_slice(&bytes[skip..skip + n]);
+        i += n;
     }
 }
 
@@ -57,24 +63,45 @@ pub fn verify_insert(
     while at < size {
         let n = (size - at).min(CHUNK as u64) as usize;
         f.read_exact_at(&mut got[..n], at)?;
-        for (i, w) in want[..n].iter_mut().enumerate() {
-            let o = at + i as u64;
-            *w = if o < offset {
-                let mut b = [0u8];
-                fill(&mut b, o, seed);
-                b[0]
-            } else if o < offset + gap {
-                0
-            } else {
-                let mut b = [0u8];
-                fill(&mut b, o - gap, seed);
-                b[0]
-            };
+        // The expected bytes, as three runs: before the gap, the gap, after.
+        let (end, gap_end) = (at + n as u64, offset + gap);
+        let split = |x: u64| (x.clamp(at, end) - at) as usize;
+        let (a, b) = (split(offset), split(gap_end));
+        fill(&mut want[..a], at, seed);
+        want[a..b].fill(0);
+        if b < n {
+            fill(&mut want[b..n], at + b as u64 - gap, seed);
         }
-        if let Some(i) = got[..n].iter().zip(&want[..n]).position(|(a, b)| a != b) {
+        if let Some(i) = got[..n].iter().zip(&want[..n]).position(|(x, y)| x != y) {
             return Ok(Some(at + i as u64));
         }
         at += n as u64;
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fill_at_any_alignment_matches_words() {
+        let mut whole = vec![0u8; 64];
+        fill(&mut whole, 0, 7);
+        for start in 0..16 {
+            for len in 0..40 {
+                let mut part = vec![0u8; len];
+                fill(&mut part, start as u64, 7);
+                assert_eq!(part, whole[start..start + len]);
+            }
+        }
+    }
+
+    #[test]
+    fn verify_insert_finds_wrong_bytes() {
+        let f = tempfile::tempfile().unwrap();
+        write_file(&f, 3 << 20, 1).unwrap();
+        assert_eq!(verify_insert(&f, 3 << 20, 0, 0, 1).unwrap(), None);
+        assert_eq!(verify_insert(&f, 1 << 20, 0, 2 << 20, 1).unwrap(), Some(0));
+    }
 }

@@ -7,39 +7,18 @@ use std::io;
 use std::os::unix::fs::FileExt;
 
 const SEED: u64 = 0x6275_6467_6562_656e;
-const CHUNK: usize = 8 << 20;
 /// The unit [`check`] reads and compares.
 pub const BLOCK: u64 = 4096;
 
-fn word(o: u64) -> u64 {
-    // splitmix64's finalizer.
-    let mut x = o ^ SEED;
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
-
-/// Fills `buf` with the content of original offsets `[at, at+len)`; `at` and
-/// the length must be multiples of 8.
+/// Fills `buf` with the content of original offsets `[at, at+len)`.
 fn fill(buf: &mut [u8], at: u64) {
-    debug_assert!(at % 8 == 0 && buf.len() % 8 == 0);
-    for (i, w) in buf.chunks_exact_mut(8).enumerate() {
-        w.copy_from_slice(&word(at + 8 * i as u64).to_le_bytes());
-    }
+    crate::pattern::fill(buf, at, SEED);
 }
 
 /// Writes `size` bytes of content sequentially to the empty file `f`, then
-/// fsyncs it. `size` must be a multiple of 8.
+/// fsyncs it.
 pub fn write_file(f: &File, size: u64) -> io::Result<()> {
-    let mut buf = vec![0u8; CHUNK];
-    let mut at = 0;
-    while at < size {
-        let n = (size - at).min(CHUNK as u64) as usize;
-        fill(&mut buf[..n], at);
-        f.write_all_at(&buf[..n], at)?;
-        at += n as u64;
-    }
-    f.sync_all()
+    crate::pattern::write_file(f, size, SEED)
 }
 
 /// Where the file's bytes should come from now.
