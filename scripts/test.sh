@@ -39,7 +39,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 echo "test.sh: filesystems: $BUDGE_TEST_FS" >&2
 
-cargo test --workspace "$@"
+cargo test --workspace --features budge/failpoints "$@"
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "test.sh: WARNING: skipped filesystems: ${missing[*]}" >&2

@@ -70,6 +70,7 @@ pub(crate) fn move_bytes(
     };
     let mut done = 0;
     for (at, n) in memmove_chunks(src_off, dst_off, len, chunk) {
+        fail::fail_point!("budge::move-chunk", |_| Err(injected(done)));
         let r = match engine {
             Engine::Kernel => kernel_copy(src, src_off + at, dst, dst_off + at, n),
             Engine::User => user_copy(src, src_off + at, dst, dst_off + at, n, &mut buf),
@@ -130,6 +131,16 @@ fn user_copy(
         at += k as u64;
     }
     Ok(())
+}
+
+/// The error a `budge::move-chunk` failpoint injects (tests only).
+#[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+fn injected(done: u64) -> Partial {
+    Partial {
+        done,
+        call: "failpoint",
+        err: io::Error::other("injected failure"),
+    }
 }
 
 /// Below this move distance, an overlapping same-file copy goes through

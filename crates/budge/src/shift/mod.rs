@@ -483,6 +483,9 @@ impl Ctx<'_> {
             if gap > 0 {
                 sys::ftruncate(self.file, self.offset + gap)?;
             }
+            fail::fail_point!("budge::reflink-clone-back", |_| Err(std::io::Error::other(
+                "injected failure"
+            )));
             sys::ficlonerange(self.file, self.offset + gap, &tmp, skip, saved - skip)?;
             Ok(())
         };
@@ -492,9 +495,16 @@ impl Ctx<'_> {
                 let e = r
                     .err()
                     .unwrap_or_else(|| std::io::Error::other("unexpected size after the shift"));
-                let restored = sys::ftruncate(self.file, self.offset)
-                    .and_then(|()| sys::ficlonerange(self.file, self.offset, &tmp, 0, saved))
-                    .is_ok()
+                let injected = || -> std::io::Result<()> {
+                    fail::fail_point!("budge::reflink-rollback", |_| Err(std::io::Error::other(
+                        "injected failure"
+                    )));
+                    Ok(())
+                };
+                let restored = injected().is_ok()
+                    && sys::ftruncate(self.file, self.offset)
+                        .and_then(|()| sys::ficlonerange(self.file, self.offset, &tmp, 0, saved))
+                        .is_ok()
                     && self.size_now() == Some(self.size);
                 let err = Error::os(self.op.to_string(), "reflink shift", e);
                 if restored {
