@@ -21,7 +21,7 @@ mod sysinfo;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use budge::sys::FsKind;
+use budge::FsKind;
 use budge::Strategy;
 use clap::{Args, ValueEnum};
 

@@ -195,7 +195,7 @@ fn run(cmd: Cmd) -> CliResult {
                 path.parent()
                     .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
             };
-            let caps = budge::sys::probe::probe_uncached(&dir)?;
+            let caps = budge::probe_uncached(&dir)?;
             output::print_probe(&caps, json)?;
         }
         Cmd::Insert(a) => shift(a, true)?,

@@ -40,4 +40,5 @@ pub mod sys;
 pub use error::{Error, ErrorKind, Result};
 pub use shift::{collapse, insert, ShiftOptions, ShiftReport};
 pub use strategy::{Policy, Strategy};
-pub use sys::probe::{probe, probe_file, Capabilities, Support};
+pub use sys::probe::{probe, probe_file, probe_uncached, Capabilities, Support};
+pub use sys::{FsInfo, FsKind};
