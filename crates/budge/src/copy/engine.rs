@@ -40,25 +40,17 @@ pub(crate) struct Partial {
 /// The largest chunk one call moves; also bounds progress granularity.
 const MAX_CHUNK: u64 = 16 << 20;
 
-/// Copies `len` bytes from `src` to `dst`, each given as (file, offset). For
-/// the same file the ranges may overlap (memmove semantics).
+/// Copies `len` bytes from `src` to `dst`, each given as (file, offset).
+/// When `same_file` (the caller knows), the ranges may overlap (memmove
+/// semantics).
 pub(crate) fn move_bytes(
     engine: Engine,
     (src, src_off): (&File, u64),
     (dst, dst_off): (&File, u64),
     len: u64,
+    same_file: bool,
     progress: Option<Progress<'_>>,
 ) -> Result<(), Partial> {
-    let same_file = match (sys::file_info(src), sys::file_info(dst)) {
-        (Ok(a), Ok(b)) => a.dev == b.dev && a.ino == b.ino,
-        (Err(err), _) | (_, Err(err)) => {
-            return Err(Partial {
-                done: 0,
-                call: "fstat",
-                err,
-            })
-        }
-    };
     let chunk = if same_file {
         move_chunk(src_off.abs_diff(dst_off), MAX_CHUNK)
     } else {

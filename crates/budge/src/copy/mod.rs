@@ -553,7 +553,14 @@ impl Plan {
                 // bounce whole chunks through memory instead.
                 engine::move_buffered(src, src_off, dst_off, len, progress)
             } else {
-                engine::move_bytes(self.engine, (src, src_off), (dst, dst_off), len, progress)
+                engine::move_bytes(
+                    self.engine,
+                    (src, src_off),
+                    (dst, dst_off),
+                    len,
+                    true,
+                    progress,
+                )
             };
             moved.map_err(|p| partial(op, dst_off, len, p))?;
             report.bytes_copied = len;
@@ -637,6 +644,7 @@ impl Plan {
                         (src, s.offset),
                         (dst, dd),
                         s.len,
+                        false,
                         Some(&shifted),
                     )
                     .map_err(|p| partial(op, d, n, p))?;

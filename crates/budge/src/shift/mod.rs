@@ -585,6 +585,7 @@ impl Ctx<'_> {
                     (self.file, self.offset),
                     (self.file, to),
                     tail,
+                    true,
                     self.progress,
                 ) {
                     return Err(Outcome::Failed(self.undo_insert_copy(engine, p)));
@@ -609,6 +610,7 @@ impl Ctx<'_> {
                     (self.file, self.offset),
                     (&saved, 0),
                     self.len,
+                    false,
                     None,
                 )
                 .map_err(|p| {
@@ -623,6 +625,7 @@ impl Ctx<'_> {
                     (self.file, tail_from),
                     (self.file, self.offset),
                     tail,
+                    true,
                     self.progress,
                 ) {
                     return Err(Outcome::Failed(self.undo_collapse_copy(engine, &saved, p)));
@@ -682,6 +685,7 @@ impl Ctx<'_> {
             (self.file, moved_from + self.len),
             (self.file, moved_from),
             p.done,
+            true,
             None,
         );
         if back.is_ok() && sys::ftruncate(self.file, self.size).is_ok() {
@@ -705,10 +709,18 @@ impl Ctx<'_> {
             (self.file, self.offset),
             (self.file, self.offset + self.len),
             p.done,
+            true,
             None,
         )
         .and_then(|()| {
-            engine::move_bytes(engine, (saved, 0), (self.file, self.offset), self.len, None)
+            engine::move_bytes(
+                engine,
+                (saved, 0),
+                (self.file, self.offset),
+                self.len,
+                false,
+                None,
+            )
         });
         if back.is_ok() {
             return err.with_hint("rolled back: the file is unchanged");
