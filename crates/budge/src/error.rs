@@ -38,6 +38,9 @@ pub enum ErrorKind {
     /// The operation failed part-way and could not be rolled back: the message
     /// states exactly what the file holds now.
     PartiallyApplied,
+    /// A structural change was interrupted and must be completed by opening
+    /// the store read-write before read-only openers can use it.
+    NeedsRecovery,
 }
 
 /// An operation on a file failed. See the module docs for the message format.

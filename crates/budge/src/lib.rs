@@ -34,11 +34,13 @@ pub mod extents;
 pub mod map;
 pub mod range;
 pub mod shift;
+pub mod store;
 pub mod strategy;
 pub mod sys;
 
 pub use error::{Error, ErrorKind, Result};
 pub use shift::{collapse, insert, ShiftOptions, ShiftReport};
+pub use store::{Store, StoreOptions};
 pub use strategy::{Policy, Strategy};
 pub use sys::probe::{probe, probe_file, probe_uncached, Capabilities, Support};
 pub use sys::{FsInfo, FsKind};

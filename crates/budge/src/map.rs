@@ -138,3 +138,292 @@ impl Drop for SharedMap {
         let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
 }
+
+/// How the kernel should expect a mapped range to be accessed (`madvise`).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Advice {
+    /// `MADV_NORMAL`: the kernel's default readahead.
+    #[default]
+    Normal,
+    /// `MADV_RANDOM`: no readahead around faults, and small folios in the page
+    /// cache, so a one-byte store dirties (and writes back) one page, not a
+    /// large folio.
+    Random,
+    /// `MADV_SEQUENTIAL`: aggressive readahead.
+    Sequential,
+}
+
+impl Advice {
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Advice::Normal => "normal",
+            Advice::Random => "random",
+            Advice::Sequential => "sequential",
+        }
+    }
+}
+
+impl std::str::FromStr for Advice {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "normal" => Ok(Advice::Normal),
+            "random" => Ok(Advice::Random),
+            "sequential" => Ok(Advice::Sequential),
+            _ => Err(format!("unknown advice {s:?} (normal, random, sequential)")),
+        }
+    }
+}
+
+/// A large reserved range of virtual addresses (`PROT_NONE`, no memory
+/// committed) whose first [`mapped`](Reservation::mapped) bytes map a file
+/// `MAP_SHARED` from offset 0.
+///
+/// Growing the mapped length maps only the new part, right after the old, so
+/// every address below the old end stays valid and keeps its page-table
+/// entries; shrinking turns the cut-off part back into reservation. The base
+/// address never changes while the reservation lives: this is what keeps a
+/// store's earlier regions at the same address when a later one moves.
+#[derive(Debug)]
+pub struct Reservation {
+    base: NonNull<u8>,
+    reserved: usize,
+    mapped: usize,
+    writable: bool,
+}
+
+// SAFETY: plain memory owned by this value; mutation only through `&mut self`.
+unsafe impl Send for Reservation {}
+// SAFETY: `&self` methods only read.
+unsafe impl Sync for Reservation {}
+
+impl Reservation {
+    /// Reserves `reserve` bytes of address space (a multiple of the page
+    /// size), mapping nothing yet.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for 0 or an unaligned size; `Io` (ENOMEM) when the
+    /// address space is exhausted.
+    pub fn new(reserve: usize, writable: bool) -> Result<Self> {
+        let page = rustix::param::page_size();
+        if reserve == 0 || reserve % page != 0 {
+            return Err(
+                Error::new(ErrorKind::InvalidArgument, "reserve address space").with_hint(format!(
+                    "{reserve} bytes is not a positive multiple of the {page}-byte page"
+                )),
+            );
+        }
+        // SAFETY: a fresh anonymous PROT_NONE mapping at a kernel-chosen
+        // address; it aliases nothing and nothing can be read through it.
+        let ptr = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                reserve,
+                ProtFlags::empty(),
+                MapFlags::PRIVATE | MapFlags::NORESERVE,
+            )
+        }
+        .map_err(|e| {
+            Error::os(
+                format!("reserve {reserve} bytes of address space"),
+                "mmap",
+                e.into(),
+            )
+        })?;
+        let base = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| {
+            Error::new(ErrorKind::Io, "reserve address space").with_hint("mmap returned null")
+        })?;
+        Ok(Reservation {
+            base,
+            reserved: reserve,
+            mapped: 0,
+            writable,
+        })
+    }
+
+    /// Bytes of address space reserved.
+    pub fn reserved(&self) -> usize {
+        self.reserved
+    }
+
+    /// Bytes of the file currently mapped at the base.
+    pub fn mapped(&self) -> usize {
+        self.mapped
+    }
+
+    /// The base address (for reports; never dereference it directly).
+    pub fn base(&self) -> usize {
+        self.base.as_ptr() as usize
+    }
+
+    /// Makes the first `len` bytes of the reservation map the first `len`
+    /// bytes of `file`: maps `[mapped, len)` if growing, returns
+    /// `[len, mapped)` to the reservation if shrinking.
+    ///
+    /// # Safety
+    /// The contract of [`SharedMap::new`]; in addition `file` is the same file
+    /// every earlier call mapped (the already-mapped part is not remapped).
+    ///
+    /// # Errors
+    /// `InvalidArgument` if `len` is unaligned or larger than the reservation;
+    /// `Io` from `mmap`.
+    pub unsafe fn map_file(&mut self, file: &File, len: usize) -> Result<()> {
+        let page = rustix::param::page_size();
+        if len % page != 0 || len > self.reserved {
+            return Err(
+                Error::new(ErrorKind::InvalidArgument, format!("map {len} bytes")).with_hint(
+                    format!(
+                        "needs a multiple of the {page}-byte page within the {}-byte reservation",
+                        self.reserved
+                    ),
+                ),
+            );
+        }
+        let prot = if self.writable {
+            ProtFlags::READ | ProtFlags::WRITE
+        } else {
+            ProtFlags::READ
+        };
+        if len > self.mapped {
+            // SAFETY: `mapped < len <= reserved` (checked above), so the target
+            // lies inside our own reservation and MAP_FIXED replaces only
+            // PROT_NONE pages no Rust reference can point into.
+            unsafe {
+                rustix::mm::mmap(
+                    self.base.as_ptr().add(self.mapped).cast(),
+                    len - self.mapped,
+                    prot,
+                    MapFlags::SHARED | MapFlags::FIXED,
+                    file,
+                    self.mapped as u64,
+                )
+            }
+            .map_err(|e| Error::os(format!("map {len} bytes"), "mmap", e.into()))?;
+        } else if len < self.mapped {
+            // SAFETY: `len < mapped <= reserved`; the caller holds `&mut self`,
+            // so no borrowed slice points into `[len, mapped)`.
+            unsafe {
+                rustix::mm::mmap_anonymous(
+                    self.base.as_ptr().add(len).cast(),
+                    self.mapped - len,
+                    ProtFlags::empty(),
+                    MapFlags::PRIVATE | MapFlags::NORESERVE | MapFlags::FIXED,
+                )
+            }
+            .map_err(|e| Error::os(format!("unmap down to {len} bytes"), "mmap", e.into()))?;
+        }
+        self.mapped = len;
+        Ok(())
+    }
+
+    fn check(&self, offset: usize, len: usize) -> Result<()> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.mapped => Ok(()),
+            _ => Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("access {len} bytes at {offset}"),
+            )
+            .with_hint(format!("outside the {}-byte mapping", self.mapped))),
+        }
+    }
+
+    /// The mapped bytes `[offset, offset + len)`.
+    ///
+    /// # Errors
+    /// `InvalidArgument` outside the mapped part.
+    pub fn bytes(&self, offset: usize, len: usize) -> Result<&[u8]> {
+        self.check(offset, len)?;
+        if len == 0 {
+            return Ok(&[]);
+        }
+        // SAFETY: bounds checked just above: the range is inside the live
+        // shared mapping, which stays mapped while `&self` is borrowed.
+        Ok(unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(offset), len) })
+    }
+
+    /// The mapped bytes `[offset, offset + len)`, writable.
+    ///
+    /// # Errors
+    /// `InvalidArgument` outside the mapped part or on a read-only mapping.
+    pub fn bytes_mut(&mut self, offset: usize, len: usize) -> Result<&mut [u8]> {
+        let mut v = self.many_mut(&[(offset, len)])?;
+        Ok(v.pop().unwrap_or_default())
+    }
+
+    /// Several disjoint writable ranges at once.
+    ///
+    /// # Errors
+    /// `InvalidArgument` if any range is outside the mapping, two overlap, or
+    /// the mapping is read-only.
+    pub fn many_mut(&mut self, ranges: &[(usize, usize)]) -> Result<Vec<&mut [u8]>> {
+        if !self.writable {
+            return Err(
+                Error::new(ErrorKind::InvalidArgument, "write through mapping")
+                    .with_hint("the store is open read-only"),
+            );
+        }
+        for (i, &(o, l)) in ranges.iter().enumerate() {
+            self.check(o, l)?;
+            for &(o2, l2) in &ranges[..i] {
+                if l > 0 && l2 > 0 && o < o2 + l2 && o2 < o + l {
+                    return Err(Error::new(ErrorKind::InvalidArgument, "borrow ranges")
+                        .with_hint("two requested ranges overlap"));
+                }
+            }
+        }
+        Ok(ranges
+            .iter()
+            .map(|&(o, l)| {
+                if l == 0 {
+                    return Default::default();
+                }
+                // SAFETY: each range was bounds-checked and checked disjoint
+                // from the others above; the mapping is writable and `&mut
+                // self` excludes any other borrow for the slices' lifetime.
+                unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(o), l) }
+            })
+            .collect())
+    }
+
+    /// `madvise` over `[offset, offset + len)` of the mapped part.
+    ///
+    /// # Errors
+    /// `InvalidArgument` outside the mapping; `Io` from `madvise`.
+    pub fn advise(&self, offset: usize, len: usize, advice: Advice) -> Result<()> {
+        self.check(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let a = match advice {
+            Advice::Normal => rustix::mm::Advice::Normal,
+            Advice::Random => rustix::mm::Advice::Random,
+            Advice::Sequential => rustix::mm::Advice::Sequential,
+        };
+        // SAFETY: bounds checked; madvise with these hints never changes
+        // memory contents.
+        unsafe { rustix::mm::madvise(self.base.as_ptr().add(offset).cast(), len, a) }
+            .map_err(|e| Error::os("advise mapping", "madvise", e.into()))
+    }
+
+    /// `msync(MS_SYNC)` over the mapped part.
+    ///
+    /// # Errors
+    /// `Io` from `msync`.
+    pub fn flush(&self) -> Result<()> {
+        if self.mapped == 0 {
+            return Ok(());
+        }
+        // SAFETY: `[base, base + mapped)` is our live mapping.
+        unsafe { rustix::mm::msync(self.base.as_ptr().cast(), self.mapped, MsyncFlags::SYNC) }
+            .map_err(|e| Error::os("flush mapping", "msync", e.into()))
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        // SAFETY: `[base, base + reserved)` was reserved in `new` and is
+        // released only here; no borrow outlives `self`.
+        let _ = unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), self.reserved) };
+    }
+}

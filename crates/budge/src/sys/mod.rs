@@ -5,6 +5,7 @@
 //! Wrappers return [`std::io::Result`]; callers add the operation and path.
 
 pub mod ioctl;
+pub mod lock;
 pub mod probe;
 
 use std::fs::File;
@@ -205,6 +206,16 @@ pub fn ftruncate<Fd: AsFd>(fd: Fd, size: u64) -> io::Result<()> {
 /// `fsync(fd)`.
 pub fn fsync<Fd: AsFd>(fd: Fd) -> io::Result<()> {
     rustix::fs::fsync(fd).map_err(Into::into)
+}
+
+/// The page size (from the aux vector; no system call).
+pub fn page_size() -> u64 {
+    rustix::param::page_size() as u64
+}
+
+/// `fdatasync(fd)`: file data and the metadata needed to read it back.
+pub fn fdatasync<Fd: AsFd>(fd: Fd) -> io::Result<()> {
+    rustix::fs::fdatasync(fd).map_err(Into::into)
 }
 
 /// `posix_fadvise(fd, offset, len, POSIX_FADV_DONTNEED)`: drop clean cached pages.

@@ -1,0 +1,158 @@
+//! The store on every filesystem, with every shift strategy forced: regions
+//! keep their bytes, earlier regions keep their addresses, later ones move by
+//! exactly the inserted amount, and everything survives a reopen.
+
+mod common;
+
+use budge::store::{Growth, Store, StoreOptions};
+use budge::{ErrorKind, Strategy};
+use common::{data, TestFs};
+
+const MIB: u64 = 1 << 20;
+
+fn opts(strategy: Option<Strategy>) -> StoreOptions {
+    StoreOptions {
+        strategy,
+        growth: Growth::Exact,
+        ..StoreOptions::default()
+    }
+}
+
+/// The strategies a store can be forced to use here.
+fn store_strategies(fs: &TestFs) -> Vec<Option<Strategy>> {
+    let c = fs.caps();
+    let mut v = vec![None];
+    if c.insert_range.works && c.collapse_range.works {
+        v.push(Some(Strategy::Native));
+    }
+    if c.ficlonerange.works {
+        v.push(Some(Strategy::Reflink));
+    }
+    if c.copy_file_range.works {
+        v.push(Some(Strategy::KernelCopy));
+    }
+    v.push(Some(Strategy::UserCopy));
+    v
+}
+
+fn fill(s: &mut Store, name: &str, seed: u64) -> Vec<u8> {
+    let b = s.bytes_mut(name).unwrap();
+    let d = data(b.len(), seed);
+    b.copy_from_slice(&d);
+    d
+}
+
+fs_test!(grow_shrink_keeps_bytes_and_addresses, |fs: &TestFs| {
+    for strategy in store_strategies(fs) {
+        let path = fs.path(&format!("s-{strategy:?}"));
+        let mut s = Store::create(&path, &opts(strategy)).unwrap();
+        s.add("a", 3 * MIB + 5, 0).unwrap();
+        s.add("b", 2 * MIB, 0).unwrap();
+        s.add("c", 100_000, 0).unwrap();
+        let a = fill(&mut s, "a", 1);
+        let b = fill(&mut s, "b", 2);
+        let c = fill(&mut s, "c", 3);
+        s.commit().unwrap();
+        let before: Vec<_> = s.regions();
+
+        let rep = s.resize("a", 5 * MIB).unwrap();
+        let sh = rep.shift.clone().expect("grew past capacity: a shift");
+        if let Some(st) = strategy {
+            assert_eq!(sh.strategy, st, "{}: forced {st}", fs.kind);
+        }
+        let after = s.regions();
+        assert_eq!(after[0].address, before[0].address, "region a stays put");
+        let d = after[0].capacity - before[0].capacity;
+        assert_eq!(
+            after[1].address,
+            before[1].address + d as usize,
+            "b budges by exactly d"
+        );
+        assert_eq!(after[2].address, before[2].address + d as usize);
+        let ab = s.bytes("a").unwrap();
+        assert_eq!(&ab[..a.len()], &a[..], "{}: a's old bytes", fs.kind);
+        assert!(ab[a.len()..].iter().all(|&x| x == 0), "new bytes are zero");
+        assert_eq!(s.bytes("b").unwrap(), &b[..], "{} {strategy:?}: b", fs.kind);
+        assert_eq!(s.bytes("c").unwrap(), &c[..]);
+
+        // Shrink b (in the middle) below its old length, then c grows.
+        s.resize("b", MIB / 2 + 3).unwrap();
+        s.resize("c", 3 * MIB).unwrap();
+        assert_eq!(s.bytes("b").unwrap(), &b[..(MIB / 2 + 3) as usize]);
+        assert_eq!(&s.bytes("c").unwrap()[..c.len()], &c[..]);
+        drop(s);
+
+        let s = Store::open(&path, &opts(strategy)).unwrap();
+        assert!(s.recovery().actions.is_empty(), "{:?}", s.recovery());
+        assert_eq!(&s.bytes("a").unwrap()[..a.len()], &a[..]);
+        assert_eq!(s.bytes("b").unwrap(), &b[..(MIB / 2 + 3) as usize]);
+        assert_eq!(&s.bytes("c").unwrap()[..c.len()], &c[..]);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), s.file_size());
+    }
+});
+
+fs_test!(remove_rename_and_typed_slices, |fs: &TestFs| {
+    for strategy in store_strategies(fs) {
+        let path = fs.path(&format!("s-{strategy:?}"));
+        let mut s = Store::create(&path, &opts(strategy)).unwrap();
+        s.add("ids", 8 * 1000, 8).unwrap();
+        s.add("gone", MIB, 0).unwrap();
+        s.add("tail", 70_000, 0).unwrap();
+        for (i, x) in s.get_mut::<u64>("ids").unwrap().iter_mut().enumerate() {
+            *x = i as u64 * 3;
+        }
+        let t = fill(&mut s, "tail", 9);
+        s.remove("gone").unwrap();
+        s.rename("tail", "end").unwrap();
+        assert!(s.region("tail").is_none());
+        assert_eq!(s.bytes("end").unwrap(), &t[..]);
+        assert_eq!(s.get::<u64>("ids").unwrap()[999], 2997);
+        let e = s.get::<u32>("ids").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+        let e = s.resize("ids", 12).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+        s.resize("ids", 8 * 100_000).unwrap();
+        assert_eq!(s.get::<u64>("ids").unwrap()[999], 2997);
+        assert_eq!(s.get::<u64>("ids").unwrap()[99_999], 0);
+        drop(s);
+        let s = Store::open_read_only(&path, &opts(strategy)).unwrap();
+        assert_eq!(s.bytes("end").unwrap(), &t[..]);
+        assert_eq!(s.regions().len(), 2);
+    }
+});
+
+fs_test!(
+    shrink_then_grow_within_capacity_reads_zeros,
+    |fs: &TestFs| {
+        let path = fs.path("s");
+        let mut s = Store::create(&path, &StoreOptions::default()).unwrap();
+        s.add("a", 3 * MIB, 0).unwrap();
+        s.add("b", MIB, 0).unwrap();
+        fill(&mut s, "a", 4);
+        s.resize("a", 100).unwrap(); // amortized: keeps capacity? at most a quarter
+        s.resize("a", 2 * MIB).unwrap();
+        assert!(s.bytes("a").unwrap()[100..].iter().all(|&x| x == 0));
+    }
+);
+
+fs_test!(one_writer_many_readers, |fs: &TestFs| {
+    let path = fs.path("s");
+    let mut s = Store::create(&path, &StoreOptions::default()).unwrap();
+    s.add("a", MIB, 0).unwrap();
+    s.add("b", MIB, 0).unwrap();
+    let e = Store::open(&path, &StoreOptions::default()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Locked);
+    assert!(
+        e.to_string().contains(&std::process::id().to_string()),
+        "names the holder: {e}"
+    );
+    let r1 = Store::open_read_only(&path, &StoreOptions::default()).unwrap();
+    let r2 = Store::open_read_only(&path, &StoreOptions::default()).unwrap();
+    // Readers pin the layout: moving regions fails, in-capacity changes work.
+    let e = s.resize("a", 8 * MIB).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Locked, "{e}");
+    s.resize("a", MIB / 2).unwrap();
+    assert_eq!(r1.bytes("b").unwrap().len(), MIB as usize);
+    drop((r1, r2));
+    s.resize("a", 8 * MIB).unwrap();
+});
