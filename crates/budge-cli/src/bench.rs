@@ -16,6 +16,7 @@
 mod data;
 mod measure;
 mod report;
+pub mod store;
 mod sysinfo;
 
 use std::path::{Path, PathBuf};

@@ -9,6 +9,7 @@ mod bench;
 mod demo;
 mod output;
 mod pattern;
+mod store_cmd;
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -85,6 +86,9 @@ enum Cmd {
     },
     /// Benchmark insert/collapse strategies against a naive rewrite.
     Bench(bench::BenchArgs),
+    /// A store: named growable arrays in one memory-mapped file.
+    #[command(subcommand)]
+    Store(store_cmd::StoreCmd),
 }
 
 #[derive(Args)]
@@ -243,6 +247,7 @@ fn run(cmd: Cmd) -> CliResult {
         }
         Cmd::Demo { dir, size, json } => demo::run(dir, size, json)?,
         Cmd::Bench(args) => bench::run(&args)?,
+        Cmd::Store(cmd) => store_cmd::run(cmd)?,
     }
     Ok(())
 }

@@ -18,7 +18,7 @@ pub fn human_size(n: u64) -> String {
     budge::range::fmt_size(n)
 }
 
-fn emit(value: &serde_json::Value) -> Res {
+pub fn emit(value: &serde_json::Value) -> Res {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, value)?;
     writeln!(out)?;
