@@ -882,6 +882,12 @@ impl Store {
                     .write_all_at(j, format::JOURNAL_OFFSET[target])
                     .map_err(|e| os(op, &self.path, "pwrite", e))?;
             }
+            fail::fail_point!("budge::store::publish", |_| Err(os(
+                op,
+                &self.path,
+                "pwrite",
+                std::io::Error::other("injected failure (failpoint budge::store::publish)")
+            )));
             self.file
                 .write_all_at(&bytes, format::SLOT_OFFSET[target])
                 .map_err(|e| os(op, &self.path, "pwrite", e))?;
@@ -1011,9 +1017,19 @@ impl Store {
                     sync: false,
                     progress: None,
                 };
-                let res = match kind {
-                    IntentKind::Insert => shift::insert(&self.file, offset, len, &opts),
-                    IntentKind::Collapse => shift::collapse(&self.file, offset, len, &opts),
+                // Failpoint: the kernel refusing with ENOSPC, file untouched.
+                let injected = (|| {
+                    fail::fail_point!("budge::store::native", |_| Some(Error::os(
+                        op.to_string(),
+                        "fallocate",
+                        std::io::Error::from_raw_os_error(libc::ENOSPC)
+                    )));
+                    None
+                })();
+                let res = match (injected, kind) {
+                    (Some(e), _) => Err(e),
+                    (None, IntentKind::Insert) => shift::insert(&self.file, offset, len, &opts),
+                    (None, IntentKind::Collapse) => shift::collapse(&self.file, offset, len, &opts),
                 };
                 let report = match res {
                     Ok(r) => r,
@@ -1572,6 +1588,12 @@ fn apply_sidecar(
     let op = "rewrite tail from sidecar";
     let (e, d, s) = (intent.offset, intent.len, intent.old_size);
     sys::ftruncate(file, e).map_err(|x| os(op, path, "ftruncate", x))?;
+    fail::fail_point!("budge::store::apply", |_| Err(os(
+        op,
+        path,
+        "copy_file_range",
+        std::io::Error::other("injected failure (failpoint budge::store::apply)")
+    )));
     let (src, dst, n) = match intent.kind {
         IntentKind::Insert => (0, e + d, s - e),
         IntentKind::Collapse => (d, e, s - e - d),
