@@ -299,8 +299,10 @@ pub fn encode(h: &Header) -> Vec<u8> {
         put32(
             &mut b,
             0x38,
-            matches!(i.kind, IntentKind::Insert) as u32 * 1
-                + matches!(i.kind, IntentKind::Collapse) as u32 * 2,
+            match i.kind {
+                IntentKind::Insert => 1,
+                IntentKind::Collapse => 2,
+            },
         );
         put32(
             &mut b,

@@ -856,14 +856,12 @@ impl Store {
                         .any(|s| s.kind == crate::extents::SegmentKind::Data)
                 })
                 .unwrap_or(true);
-            if has_data {
-                if copy::punch_hole(&self.file, start, end - start).is_err() {
-                    let mut o = start;
-                    while o < end {
-                        let n = (end - o).min(1 << 20);
-                        write_zeros(o, n)?;
-                        o += n;
-                    }
+            if has_data && copy::punch_hole(&self.file, start, end - start).is_err() {
+                let mut o = start;
+                while o < end {
+                    let n = (end - o).min(1 << 20);
+                    write_zeros(o, n)?;
+                    o += n;
                 }
             }
         }
@@ -1620,13 +1618,12 @@ fn restore_sidecar(
     sys::fdatasync(file).map_err(|x| os(op, path, "fdatasync", x))
 }
 
+/// A decoded slot and its index (0 = A, 1 = B).
+type Slot = (Header, usize);
+
 /// Reads both slots and picks the newest valid one. Returns it, its index,
 /// and the other slot if valid.
-fn read_header(
-    file: &File,
-    path: &Path,
-    op: &str,
-) -> Result<(Header, usize, Option<(Header, usize)>)> {
+fn read_header(file: &File, path: &Path, op: &str) -> Result<(Header, usize, Option<Slot>)> {
     let mut found: Vec<(Header, usize)> = Vec::new();
     let mut problems: Vec<(usize, format::FormatError)> = Vec::new();
     let mut magic = false;
