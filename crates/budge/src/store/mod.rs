@@ -1,6 +1,6 @@
 //! The store: named growable arrays in one memory-mapped file.
 //!
-//! A store file holds a small header (two checksummed slots, see [`format`])
+//! A store file holds a small header (two checksummed slots, see [`format`](mod@format))
 //! and then each region's bytes, packed in table order. Growing region `k`
 //! inserts space at the end of its capacity ([`crate::insert`]), so its bytes
 //! and every earlier region's bytes stay where they are on disk and in memory,
@@ -1015,15 +1015,7 @@ impl Store {
                     sync: false,
                     progress: None,
                 };
-                // Failpoint: the kernel refusing with ENOSPC, file untouched.
-                let injected = (|| {
-                    fail::fail_point!("budge::store::native", |_| Some(Error::os(
-                        op.to_string(),
-                        "fallocate",
-                        std::io::Error::from_raw_os_error(libc::ENOSPC)
-                    )));
-                    None
-                })();
+                let injected = injected_native_failure(op);
                 let res = match (injected, kind) {
                     (Some(e), _) => Err(e),
                     (None, IntentKind::Insert) => shift::insert(&self.file, offset, len, &opts),
@@ -1454,6 +1446,18 @@ impl Store {
             .map_err(|e| (e, true))?;
         Ok(Some(format!("rewrote the tail from {}", side.display())))
     }
+}
+
+/// Failpoint `budge::store::native`: the kernel refusing a native shift
+/// with ENOSPC, file untouched.
+fn injected_native_failure(op: &str) -> Option<Error> {
+    fail::fail_point!("budge::store::native", |_| Some(Error::os(
+        op.to_string(),
+        "fallocate",
+        std::io::Error::from_raw_os_error(libc::ENOSPC)
+    )));
+    let _ = op;
+    None
 }
 
 fn rustix_page_size() -> u64 {
