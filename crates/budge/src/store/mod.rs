@@ -1200,13 +1200,19 @@ impl Store {
     fn recover(&mut self, other: Option<(Header, usize)>) -> Result<()> {
         let op = "recover store";
         if let Some(intent) = self.header.intent {
-            if !self.writable {
-                let done = intent.method == Method::Native
-                    && native_progress_done(&self.file, &self.path, &intent, self.slot)?;
-                if !done {
-                    return Err(err(ErrorKind::NeedsRecovery, "open store read-only", &self.path, "a structural change was interrupted; open the store read-write once to complete it"));
-                }
-            } else {
+            // A complete native shift needs nothing (and so no layout lock,
+            // which readers may hold); checking only reads.
+            let done = intent.method == Method::Native
+                && native_progress_done(&self.file, &self.path, &intent, self.slot)?;
+            if !done && !self.writable {
+                return Err(err(
+                    ErrorKind::NeedsRecovery,
+                    "open store read-only",
+                    &self.path,
+                    "a structural change was interrupted; open the store read-write once to complete it",
+                ));
+            }
+            if !done {
                 self.layout_lock(op)?;
                 let r = self.recover_intent(op, intent, other);
                 self.layout_unlock();
