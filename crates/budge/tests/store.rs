@@ -163,3 +163,22 @@ fs_test!(one_writer_many_readers, |fs: &TestFs| {
     w.resize("b", MIB / 2).unwrap(); // within capacity: allowed beside readers
     assert_eq!(r.bytes("a").unwrap().len(), 8 * MIB as usize);
 });
+
+fs_test!(several_regions_borrowed_at_once, |fs: &TestFs| {
+    let path = fs.path("s");
+    let mut s = Store::create(&path, &StoreOptions::default()).unwrap();
+    s.add("x", 8 * 512, 8).unwrap();
+    s.add("y", 8 * 512, 8).unwrap();
+    let [x, y] = s.many_mut(["x", "y"]).unwrap();
+    x.fill(1);
+    y.copy_from_slice(x);
+    assert_eq!(s.bytes("y").unwrap(), s.bytes("x").unwrap());
+    let e = s.many_mut(["x", "x"]).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    let e = s.many_mut(["x", "nope"]).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    // Typed slices are aligned for any Pod type up to the page size.
+    let xs = s.get::<u64>("x").unwrap();
+    assert_eq!(xs.as_ptr() as usize % 4096, 0);
+    assert_eq!(xs[511], u64::from_ne_bytes([1; 8]));
+});
