@@ -28,14 +28,7 @@
 use budge::store::format::{self, Header, Intent, IntentKind};
 
 pub fn fix_crc(b: &mut [u8]) {
-    if b.len() < 0x14 {
-        return;
-    }
-    let body_len = u32::from_le_bytes(b[0x10..0x14].try_into().unwrap()) as usize;
-    if let Some(end) = 0x10usize.checked_add(body_len).filter(|&e| e <= b.len()) {
-        let crc = crc32c::crc32c(&b[0x10..end]);
-        b[0x0c..0x10].copy_from_slice(&crc.to_le_bytes());
-    }
+    format::seal(b);
 }
 
 fn check_header(h: &Header, bytes: &[u8]) {

@@ -99,6 +99,14 @@ impl Error {
         self
     }
 
+    /// Replaces the operation (when a lower layer's error is reported as
+    /// part of a bigger one).
+    #[must_use]
+    pub fn with_op(mut self, op: impl Into<String>) -> Self {
+        self.op = op.into();
+        self
+    }
+
     /// Overrides the kind.
     #[must_use]
     pub fn with_kind(mut self, kind: ErrorKind) -> Self {

@@ -23,7 +23,7 @@
 //! off   size  field
 //! 0x00  8     magic          "BUDGE\xffST"
 //! 0x08  4     version        1
-//! 0x0c  4     checksum       CRC-32C of bytes [0x10, 0x10 + body_len)
+//! 0x0c  4     checksum       CRC-32C of bytes [0, 0x0c) then [0x10, 0x10 + body_len)
 //! 0x10  4     body_len       0x70 + 128 * region_count
 //! 0x14  4     flags          0 (any other bit: Unsupported)
 //! 0x18  8     generation     higher wins; the two slots alternate
@@ -328,9 +328,33 @@ pub fn encode(h: &Header) -> Vec<u8> {
         put64(&mut b, e + 0x50, r.capacity);
         put32(&mut b, e + 0x58, r.elem_size);
     }
-    let crc = crc32c::crc32c(&b[0x10..]);
+    let crc = checksum(&b, body_len);
     put32(&mut b, 0x0c, crc);
     b
+}
+
+/// Recomputes the checksum of encoded slot bytes `b` in place (for tools and
+/// tests that build damaged-but-checksummed slots). Does nothing if `b` is
+/// too short or its `body_len` runs past it.
+pub fn seal(b: &mut [u8]) {
+    if b.len() < FIXED_LEN {
+        return;
+    }
+    let body_len = u32_at(b, 0x10) as usize;
+    if 0x10usize
+        .checked_add(body_len)
+        .is_some_and(|e| e <= b.len())
+    {
+        let crc = checksum(b, body_len);
+        put32(b, 0x0c, crc);
+    }
+}
+
+/// The slot checksum: CRC-32C of everything but the checksum field, so the
+/// magic and version are covered too (bytes 0..0x14 mean the same in every
+/// format version).
+fn checksum(b: &[u8], body_len: usize) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(&b[..0x0c]), &b[0x10..0x10 + body_len])
 }
 
 /// Whether `b` starts with the magic (is a slot at all).
@@ -359,17 +383,6 @@ pub fn decode(b: &[u8]) -> Result<Header, FormatError> {
             format!("{:02x?} is not a budge store's magic", &b[..8]),
         ));
     }
-    let version = u32_at(b, 0x08);
-    if version > VERSION {
-        return Err(FormatError {
-            unsupported: true,
-            field: "version".into(),
-            reason: format!("format version {version} is newer than this build reads ({VERSION}); upgrade budge"),
-        });
-    }
-    if version == 0 {
-        return Err(bad("version", "format version 0 does not exist"));
-    }
     let body_len = u32_at(b, 0x10) as usize;
     let max_body = SLOT_SIZE as usize - 0x10;
     if !(FIXED_LEN - 0x10..=max_body).contains(&body_len) {
@@ -387,13 +400,28 @@ pub fn decode(b: &[u8]) -> Result<Header, FormatError> {
             ),
         ));
     }
-    let crc = crc32c::crc32c(&b[0x10..0x10 + body_len]);
+    let crc = checksum(b, body_len);
     let stored = u32_at(b, 0x0c);
     if crc != stored {
         return Err(bad(
             "checksum",
             format!("stored {stored:#010x}, computed {crc:#010x} (torn write or bit flip)"),
         ));
+    }
+    // Checked after the checksum, which covers it: a flipped bit is damage,
+    // not a newer format.
+    let version = u32_at(b, 0x08);
+    if version > VERSION {
+        return Err(FormatError {
+            unsupported: true,
+            field: "version".into(),
+            reason: format!(
+                "format version {version} is newer than this build reads ({VERSION}); upgrade budge"
+            ),
+        });
+    }
+    if version == 0 {
+        return Err(bad("version", "format version 0 does not exist"));
     }
     let flags = u32_at(b, 0x14);
     if flags != 0 {
@@ -733,6 +761,9 @@ mod tests {
     fn future_version_is_unsupported() {
         let mut b = encode(&sample());
         put32(&mut b, 8, 2);
+        let body_len = u32_at(&b, 0x10) as usize;
+        let crc = checksum(&b, body_len);
+        put32(&mut b, 0x0c, crc);
         let e = decode(&b).unwrap_err();
         assert!(e.unsupported && e.field == "version", "{e}");
     }

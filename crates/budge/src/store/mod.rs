@@ -167,6 +167,7 @@ pub struct Store {
     caps: Arc<Capabilities>,
     poisoned: Option<String>,
     recovery: Recovery,
+    abandoned: bool,
 }
 
 fn sidecar_path(path: &Path) -> PathBuf {
@@ -302,6 +303,7 @@ impl Store {
         let file = OpenOptions::new()
             .read(true)
             .write(writable)
+            .custom_flags(libc::O_NONBLOCK) // a FIFO must not block the open
             .open(path)
             .map_err(|e| {
                 let kind = if e.kind() == IoKind::NotFound {
@@ -367,9 +369,13 @@ impl Store {
             caps,
             poisoned: None,
             recovery: Recovery::default(),
+            // Until the open succeeds, dropping must not write anything.
+            abandoned: true,
         };
         s.recover(other)?;
+        s.clean_intent("open store")?;
         s.remap()?;
+        s.abandoned = false;
         Ok(s)
     }
 
@@ -609,7 +615,30 @@ impl Store {
     pub fn commit(&mut self) -> Result<()> {
         self.writable_check("commit")?;
         let r = sys::fdatasync(&self.file).map_err(|e| os("commit", &self.path, "fdatasync", e));
-        self.poison(r)
+        self.poison(r)?;
+        self.clean_intent("commit")
+    }
+
+    /// Closes the store the way a crash would: without replacing a pending
+    /// intent record (for crash and recovery tests).
+    #[doc(hidden)]
+    pub fn abandon(mut self) {
+        self.abandoned = true;
+    }
+
+    /// Replaces a completed change's intent with a clean table, so the
+    /// header no longer refers to device addresses (a byte copy or a
+    /// defragmented file then opens without its journal). The shift must
+    /// be durable before the clean slot can be: sync, write, sync.
+    fn clean_intent(&mut self, op: &str) -> Result<()> {
+        if self.header.intent.is_none() || !self.writable || self.poisoned.is_some() {
+            return Ok(());
+        }
+        let r = sys::fdatasync(&self.file).map_err(|e| os(op, &self.path, "fdatasync", e));
+        self.poison(r)?;
+        let mut clean = self.header.clone();
+        clean.intent = None;
+        self.publish(op, clean, None)
     }
 
     /// Adds a region of `len` zero bytes at the end, typed with `elem_size`
@@ -945,6 +974,18 @@ impl Store {
                 format!("strategy {s} cannot be forced for a store"),
             )),
             None if native.works && aligned => Ok(Method::Native),
+            None if self.opts.policy == Policy::MetadataOnly && !self.caps.ficlonerange.works => {
+                Err(err(
+                    ErrorKind::Unsupported,
+                    op,
+                    &self.path,
+                    format!(
+                        "metadata-only: {} has neither {}-range nor reflink, so moving regions needs copying data (allow copying)",
+                        self.caps.fs.kind.name(),
+                        if kind == IntentKind::Insert { "insert" } else { "collapse" }
+                    ),
+                ))
+            }
             None => Ok(Method::Sidecar),
         }
     }
@@ -1090,7 +1131,12 @@ impl Store {
             Err(e) => {
                 drop(sf);
                 let _ = std::fs::remove_file(&side);
-                return Err(e.with_path(&self.path));
+                let why = e.hint().map(str::to_string);
+                return Err(e.with_op(op).with_path(&self.path).with_hint(format!(
+                    "copying the moving part into {} failed{}; the store is unchanged",
+                    side.display(),
+                    why.map(|w| format!(" ({w})")).unwrap_or_default()
+                )));
             }
         };
         let prev = self.header.clone();
@@ -1227,9 +1273,15 @@ impl Store {
                 "open store",
                 &self.path,
                 if size < end {
+                    let r = self
+                        .header
+                        .regions
+                        .iter()
+                        .find(|r| r.offset + r.capacity > size);
                     format!(
-                        "the region table ends at {} but the file is only {} bytes (truncated?)",
-                        end, size
+                        "the region table ends at {end} but the file is only {size} bytes (truncated?): region {:?} at {} runs past EOF",
+                        r.map_or("", |r| r.name.as_str()),
+                        r.map_or(0, |r| r.offset)
                     )
                 } else {
                     format!("the file is {size} bytes, longer than the region table's end ({end})")
@@ -1356,7 +1408,14 @@ impl Store {
                     ErrorKind::Corrupted,
                     op,
                     &self.path,
-                    format!("cannot complete the interrupted shift: {h}"),
+                    format!(
+                    "cannot complete the interrupted shift: {h}{}",
+                    if h.contains("neither") {
+                        "; was the file copied, restored from a backup or defragmented while the change was pending? Open the original read-write once, then copy it"
+                    } else {
+                        ""
+                    }
+                ),
                 ),
                 false,
             )
@@ -1451,6 +1510,15 @@ impl Store {
         apply_sidecar(&self.file, &self.path, &sf, intent, &self.copy_opts())
             .map_err(|e| (e, true))?;
         Ok(Some(format!("rewrote the tail from {}", side.display())))
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Best effort: leave a clean header (no device addresses) behind.
+        if !self.abandoned {
+            let _ = self.clean_intent("close store");
+        }
     }
 }
 
@@ -1746,14 +1814,29 @@ pub struct CheckReport {
 pub fn check(path: impl AsRef<Path>) -> Result<CheckReport> {
     let path = path.as_ref();
     let op = "check store";
-    let file = File::open(path).map_err(|e| {
-        let kind = if e.kind() == IoKind::NotFound {
-            ErrorKind::NotFound
-        } else {
-            crate::error::kind_of(&e)
-        };
-        os(op, path, "open", e).with_kind(kind)
-    })?;
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| {
+            let kind = if e.kind() == IoKind::NotFound {
+                ErrorKind::NotFound
+            } else {
+                crate::error::kind_of(&e)
+            };
+            os(op, path, "open", e).with_kind(kind)
+        })?;
+    if !sys::file_info(&file)
+        .map_err(|e| os(op, path, "fstat", e))?
+        .regular
+    {
+        return Err(err(
+            ErrorKind::InvalidArgument,
+            op,
+            path,
+            "not a regular file",
+        ));
+    }
     let mut rep = CheckReport::default();
     for (i, &off) in format::SLOT_OFFSET.iter().enumerate() {
         let mut b = vec![0u8; format::SLOT_SIZE as usize];
@@ -1781,17 +1864,46 @@ pub fn check(path: impl AsRef<Path>) -> Result<CheckReport> {
             }
             let size = file_size(&file).unwrap_or(0);
             if let Some(it) = h.intent {
-                let done = it.method == Method::Native
-                    && native_progress_done(&file, path, &it, i).unwrap_or(false);
-                if done {
-                    rep.notes.push("the last structural change is complete; its intent record is kept until the next change".into());
-                } else {
-                    rep.notes.push(format!("a structural change ({:?} of {} at {}) was interrupted; opening read-write completes it", it.kind, it.len, it.offset));
-                    if it.method == Method::Sidecar && !sidecar_path(path).exists() {
-                        rep.problems.push(format!(
-                            "the interrupted change needs {}, which is missing",
-                            sidecar_path(path).display()
-                        ));
+                let what = format!("{:?} of {} at {}", it.kind, it.len, it.offset);
+                match it.method {
+                    Method::Native => {
+                        let planned = read_journal(&file, path, &it, i).and_then(|j| {
+                            let map = current_map(&file, path)?;
+                            Ok(plan::plan(&it, &j, &map, size))
+                        });
+                        match planned {
+                            Ok(Ok(steps)) if steps.is_empty() => rep.notes.push(format!(
+                                "the last structural change ({what}) is complete; its intent record is replaced at the next commit"
+                            )),
+                            Ok(Ok(steps)) => rep.notes.push(format!(
+                                "a structural change ({what}) was interrupted; opening read-write completes it in {} step(s)",
+                                steps.len()
+                            )),
+                            Ok(Err(why)) => rep.problems.push(format!(
+                                "the pending structural change ({what}) cannot be completed: {why}"
+                            )),
+                            Err(e) => rep.problems.push(format!(
+                                "the pending structural change ({what}) cannot be checked: {e}"
+                            )),
+                        }
+                    }
+                    Method::Sidecar => {
+                        let side = sidecar_path(path);
+                        let want = it.old_size - it.offset;
+                        match File::open(&side).ok().and_then(|f| file_size(&f)) {
+                            Some(n) if n == want => rep.notes.push(format!(
+                                "a structural change ({what}) was interrupted; opening read-write completes it from {}",
+                                side.display()
+                            )),
+                            Some(n) => rep.problems.push(format!(
+                                "the interrupted change needs {} of {want} bytes; it has {n}",
+                                side.display()
+                            )),
+                            None => rep.problems.push(format!(
+                                "the interrupted change needs {}, which is missing",
+                                side.display()
+                            )),
+                        }
                     }
                 }
             } else if size != h.data_end() {

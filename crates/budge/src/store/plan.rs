@@ -212,10 +212,15 @@ pub fn plan(
     let mut steps = Vec::new();
     match (intent.kind, prog) {
         (IntentKind::Insert, Progress::Done) => {
-            if size != target {
-                if size > target {
-                    hole(target, size)?;
-                }
+            // The kernel sets an insert's size before moving anything, so a
+            // shorter file was truncated by something else: data is gone.
+            if size < target {
+                return Err(format!(
+                    "the file is {size} bytes, shorter than after the insert ({target}): truncated?"
+                ));
+            }
+            if size > target {
+                hole(target, size)?;
                 steps.push(Step::SetSize(target));
             }
         }
