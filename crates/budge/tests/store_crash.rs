@@ -249,6 +249,7 @@ fn refragment(sess: &mut Session, rng: &mut Rng, it: u64, want: usize) {
             sess.fail(&format!("refragment: {op}: {e}"));
         }
         sess.model.apply(&op).unwrap();
+        sess.log_parent(&op);
     }
     let mut regs = sess.model.table();
     regs.sort_by_key(|(_, len)| std::cmp::Reverse(*len));
@@ -280,6 +281,8 @@ fn refragment(sess: &mut Session, rng: &mut Rng, it: u64, want: usize) {
                 sess.fail(&format!("refragment: {op}: {e}"));
             }
             sess.model.apply(&op).unwrap();
+            sess.log_parent(&op);
+            sess.log_parent(&op);
         }
         n = crash::count_extents(&sess.path).unwrap_or(0);
     }

@@ -216,6 +216,19 @@ pub struct WorkerCfg {
     pub sleep: Option<(&'static str, u64)>,
 }
 
+/// The test binary, as it was when this process started: an inherited
+/// descriptor of it (`/proc/self/fd/N`), so workers run the same code even
+/// if cargo rebuilds the binary during a long run.
+fn worker_exe() -> &'static str {
+    static EXE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    EXE.get_or_init(|| {
+        use std::os::fd::{AsFd, IntoRawFd};
+        let f = File::open(std::env::current_exe().unwrap()).unwrap();
+        rustix::io::fcntl_setfd(f.as_fd(), rustix::io::FdFlags::empty()).unwrap();
+        format!("/proc/self/fd/{}", f.into_raw_fd())
+    })
+}
+
 /// A running worker and the lines it printed.
 pub struct Worker {
     child: Child,
@@ -227,8 +240,7 @@ pub struct Worker {
 
 impl Worker {
     pub fn spawn(cfg: &WorkerCfg) -> Worker {
-        let exe = std::env::current_exe().unwrap();
-        let mut cmd = Command::new(exe);
+        let mut cmd = Command::new(worker_exe());
         cmd.args(["--exact", WORKER_TEST, "--nocapture", "--test-threads=1"])
             .env(WORKER_ENV, &cfg.path)
             .env("BUDGE_CRASH_SEED", cfg.seed.to_string())
@@ -627,6 +639,10 @@ pub struct Session {
     pub seed: u64,
     pub stats: Stats,
     pub history: Vec<String>,
+    /// Every op begun, by whom and in which round (written out on failure).
+    pub oplog: Vec<String>,
+    /// Every write version used so far (to tell whose bytes are where).
+    pub versions: Vec<u64>,
     pub iteration: u64,
     /// How long shifts took (from mark `after-intent` to `after-shift`),
     /// in µs, by strategy.
@@ -660,6 +676,8 @@ impl Session {
             seed,
             stats: Stats::default(),
             history: Vec::new(),
+            oplog: setup.iter().map(|op| format!("[setup] {op}")).collect(),
+            versions: setup.iter().filter_map(Op::version).collect(),
             iteration: 0,
             shift_us: BTreeMap::new(),
             keep: PathBuf::from(format!(
@@ -771,6 +789,7 @@ impl Session {
             self.keep.join("history.txt"),
             format!("{msg}\n\n{}\n", self.history.join("\n")),
         );
+        let _ = std::fs::write(self.keep.join("ops.log"), self.oplog.join("\n") + "\n");
         panic!(
             "\n{}: CRASH TEST FAILED at iteration {} (seed {:#x}; rerun with BUDGE_CRASH_SEED={:#x})\n{msg}\n\
              store copied to {kept:?}\nrecent history:\n  {}\n",
@@ -833,13 +852,16 @@ impl Session {
         self.stats.add(strategy, format!("crash point: {point}"));
         for (t, l) in lines {
             let (word, rest) = l.split_once(' ').unwrap_or((l.as_str(), ""));
+            self.oplog.push(format!("[{}] worker: {l}", self.iteration));
             match word {
                 "begin" => {
                     if let Some(p) = &pending {
                         self.fail(&format!("worker began an op while {p} was pending: {l}"));
                     }
                     let (_, op) = rest.split_once(' ').unwrap();
-                    pending = Some(Op::parse(op).unwrap_or_else(|e| self.fail(&e)));
+                    let op = Op::parse(op).unwrap_or_else(|e| self.fail(&e));
+                    self.versions.extend(op.version());
+                    pending = Some(op);
                 }
                 "done" => {
                     let op = pending
@@ -898,6 +920,13 @@ impl Session {
             pending.as_ref().map_or("nothing".into(), |o| o.to_string())
         ));
         (pending, actions)
+    }
+
+    /// Logs an op the parent itself runs on the store.
+    pub fn log_parent(&mut self, op: &Op) {
+        self.oplog
+            .push(format!("[{}] parent: {op}", self.iteration));
+        self.versions.extend(op.version());
     }
 
     /// Records what the crash left in the file (see [`forensic`]), before
@@ -993,6 +1022,8 @@ impl Session {
         // Settle the model.
         if let Some(op) = pending {
             if op.writes_bytes() {
+                self.oplog
+                    .push(format!("[{}] parent redoes: {op}", self.iteration));
                 if let Err(e) = op.run(&mut s) {
                     self.fail(&format!("redoing {op} after recovery: {e}"));
                 }
@@ -1102,8 +1133,12 @@ impl Session {
                 let alt = after.as_ref().unwrap().regions[i].expected();
                 if let Some(p) = (0..want.len()).find(|&p| got[p] != want[p] && got[p] != alt[p]) {
                     return Err(format!(
-                        "region {:?} byte {p} is {:#x}: neither the committed {:#x} nor the in-flight write's {:#x}",
-                        reg.name, got[p], want[p], alt[p]
+                        "region {:?} byte {p} is {:#x}: neither the committed {:#x} nor the in-flight write's {:#x}\n{}",
+                        reg.name,
+                        got[p],
+                        want[p],
+                        alt[p],
+                        self.diff(reg, got, &want)
                     ));
                 }
                 continue;
@@ -1117,14 +1152,63 @@ impl Session {
                 .filter(|(_, (e, _))| *e > p as u64)
                 .map(|(_, (_, v))| *v);
             return Err(format!(
-                "region {:?} ({} bytes, outcome {outcome}): byte {p} is {:#x}, expected {:#x} (written by version {ver:?}); {run} bytes differ from there",
+                "region {:?} ({} bytes, outcome {outcome}): byte {p} is {:#x}, expected {:#x} (written by version {ver:?}); {run} bytes differ from there\n{}",
                 reg.name,
                 want.len(),
                 got[p],
-                want[p]
+                want[p],
+                self.diff(reg, got, &want)
             ));
         }
         Ok(Verified { outcome })
+    }
+
+    /// Where `got` differs from `want` (the committed bytes of `reg`): up to
+    /// 40 ranges, each with the version the model expects there and the
+    /// version (if any) whose bytes are there instead.
+    fn diff(&self, reg: &model::Reg, got: &[u8], want: &[u8]) -> String {
+        let expected_at = |p: u64| {
+            reg.data
+                .range(..=p)
+                .next_back()
+                .filter(|(_, (e, _))| *e > p)
+                .map(|(&a, &(e, v))| format!("v{v:#x} [{a}, {e})"))
+                .unwrap_or_else(|| "zeros".into())
+        };
+        let whose = |p: usize| -> String {
+            let n = 8.min(got.len() - p);
+            if got[p..p + n].iter().all(|&b| b == 0) {
+                return "zeros".into();
+            }
+            let mut probe = vec![0u8; n];
+            for &v in self.versions.iter().rev() {
+                model::fill(v, p as u64, &mut probe);
+                if probe == got[p..p + n] {
+                    return format!("v{v:#x}");
+                }
+            }
+            "unknown bytes".into()
+        };
+        let mut out = String::from("mismatched ranges (region offsets):\n");
+        let mut p = 0;
+        let mut n = 0;
+        while p < want.len() && n < 40 {
+            if got[p] == want[p] {
+                p += 1;
+                continue;
+            }
+            let a = p;
+            while p < want.len() && got[p] != want[p] {
+                p += 1;
+            }
+            out.push_str(&format!(
+                "  [{a}, {p}): expected {} / found {}\n",
+                expected_at(a as u64),
+                whose(a)
+            ));
+            n += 1;
+        }
+        out
     }
 
     /// Prints the statistics.

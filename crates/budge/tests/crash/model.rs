@@ -182,6 +182,14 @@ impl Op {
         matches!(self, Op::Write { .. } | Op::Stripe { .. })
     }
 
+    /// The version a write or stripe writes.
+    pub fn version(&self) -> Option<u64> {
+        match self {
+            Op::Write { ver, .. } | Op::Stripe { ver, .. } => Some(*ver),
+            _ => None,
+        }
+    }
+
     /// The op's kind, for statistics.
     pub fn kind(&self) -> &'static str {
         match self {
