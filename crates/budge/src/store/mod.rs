@@ -300,19 +300,7 @@ impl Store {
         } else {
             "open store read-only"
         };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(writable)
-            .custom_flags(libc::O_NONBLOCK) // a FIFO must not block the open
-            .open(path)
-            .map_err(|e| {
-                let kind = if e.kind() == IoKind::NotFound {
-                    ErrorKind::NotFound
-                } else {
-                    crate::error::kind_of(&e)
-                };
-                os(op, path, "open", e).with_kind(kind)
-            })?;
+        let file = open_file(path, op, writable)?;
         let info = sys::file_info(&file).map_err(|e| os(op, path, "fstat", e))?;
         if !info.regular {
             return Err(err(
@@ -1538,6 +1526,24 @@ fn rustix_page_size() -> u64 {
     sys::page_size()
 }
 
+/// Opens `path` (never blocking, so a FIFO gives an error, not a hang);
+/// a missing file is NotFound.
+fn open_file(path: &Path, op: &str, writable: bool) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(writable)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| {
+            let kind = if e.kind() == IoKind::NotFound {
+                ErrorKind::NotFound
+            } else {
+                crate::error::kind_of(&e)
+            };
+            os(op, path, "open", e).with_kind(kind)
+        })
+}
+
 fn file_size(f: &File) -> Option<u64> {
     sys::file_info(f).ok().map(|i| i.size)
 }
@@ -1814,18 +1820,7 @@ pub struct CheckReport {
 pub fn check(path: impl AsRef<Path>) -> Result<CheckReport> {
     let path = path.as_ref();
     let op = "check store";
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| {
-            let kind = if e.kind() == IoKind::NotFound {
-                ErrorKind::NotFound
-            } else {
-                crate::error::kind_of(&e)
-            };
-            os(op, path, "open", e).with_kind(kind)
-        })?;
+    let file = open_file(path, op, false)?;
     if !sys::file_info(&file)
         .map_err(|e| os(op, path, "fstat", e))?
         .regular
