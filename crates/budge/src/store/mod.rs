@@ -995,11 +995,22 @@ impl Store {
             return Ok(None);
         }
         self.layout_lock(op)?;
-        let r = self.structural_locked(op, next, kind, offset, len);
-        self.layout_unlock();
-        let mut info = r?;
+        // Give the part that will move back to the reservation first: the
+        // kernel's shift then has no page tables of ours to walk over the
+        // tail (measured: 305 us vs 22 us per 1 MiB insert before a 3.5 GiB
+        // tail), and the tail is re-read after the shift anyway.
         let before = self.map.base();
-        self.remap()?;
+        let keep = (offset as usize).min(self.map.mapped());
+        #[allow(unsafe_code)]
+        // SAFETY: shrinking only turns `[keep, mapped)` back into reservation;
+        // `&mut self` means no slice into the mapping is live, and `keep` is
+        // a region boundary (a multiple of align, so of the page size).
+        let unmapped = unsafe { self.map.map_file(&self.file, keep) };
+        let r = unmapped.and_then(|()| self.structural_locked(op, next, kind, offset, len));
+        self.layout_unlock();
+        let remapped = self.remap();
+        let mut info = r?;
+        remapped?;
         info.remapped = before != self.map.base();
         Ok(Some(info))
     }
