@@ -178,6 +178,7 @@ fn kill_test(fs: &TestFs) {
     let seed = seed(&label);
     let mut rng = Rng::new(seed);
     let mut sess = Session::create(&label, fs.path("store"), seed, &kill_setup());
+    sess.drop_cache = true;
     let strategies = store_strategies(fs.dir.path());
     let n = iters(40);
     let t = Instant::now();
@@ -281,7 +282,6 @@ fn refragment(sess: &mut Session, rng: &mut Rng, it: u64, want: usize) {
                 sess.fail(&format!("refragment: {op}: {e}"));
             }
             sess.model.apply(&op).unwrap();
-            sess.log_parent(&op);
             sess.log_parent(&op);
         }
         n = crash::count_extents(&sess.path).unwrap_or(0);

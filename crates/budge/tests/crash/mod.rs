@@ -649,6 +649,10 @@ pub struct Session {
     pub shift_us: BTreeMap<String, Vec<u64>>,
     /// Where a failing store is copied.
     pub keep: PathBuf,
+    /// Drop the store's clean pages from the page cache before checking it
+    /// (kill tests: a killed process loses nothing in the page cache, so
+    /// without this the check would never read what is on disk).
+    pub drop_cache: bool,
 }
 
 /// How an iteration ended, for statistics.
@@ -680,6 +684,7 @@ impl Session {
             versions: setup.iter().filter_map(Op::version).collect(),
             iteration: 0,
             shift_us: BTreeMap::new(),
+            drop_cache: false,
             keep: PathBuf::from(format!(
                 "/var/tmp/budge-crash-fail-{}-{seed:016x}",
                 label.replace([' ', '/'], "-")
@@ -951,6 +956,13 @@ impl Session {
     /// interrupted, and settles the model.
     pub fn verify(&mut self, pending: Option<Op>, strategy: Option<Strategy>, crash_label: &str) {
         let sname = strategy_name(strategy);
+        if self.drop_cache {
+            // Writes back what is dirty (without waiting) and drops what is
+            // clean: the check then reads the extent map and data blocks.
+            if let Ok(f) = File::open(&self.path) {
+                let _ = rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed);
+            }
+        }
         let at_crash = self.crash_state(sname, crash_label);
         if at_crash.contains("UNPLANNABLE")
             || at_crash.contains("NO VALID")
