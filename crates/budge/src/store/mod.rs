@@ -1109,7 +1109,12 @@ impl Store {
 
     fn sidecar_shift(&mut self, op: &str, next: Header, intent: Intent) -> Result<ShiftInfo> {
         let side = sidecar_path(&self.path);
-        let _ = std::fs::remove_file(&side);
+        match std::fs::remove_file(&side) {
+            Err(e) if e.kind() != IoKind::NotFound => {
+                return Err(os(op, &side, "unlink stale sidecar", e));
+            }
+            _ => {}
+        }
         let sf = OpenOptions::new()
             .read(true)
             .write(true)
