@@ -3,28 +3,37 @@
 //! or after the interrupted change, never between, and no byte committed
 //! before it is lost.
 //!
-//! Two kinds of crash, both against a model of what was committed (see
-//! `crash/mod.rs`):
+//! A worker process (this binary re-executed, see `crash/mod.rs`) runs a
+//! random stream of adds, resizes (within and across capacity), removes,
+//! renames and committed writes, announcing each op before and after it;
+//! the parent keeps a model of every byte, crashes the worker, reopens the
+//! store (recovery) and checks the table and every byte of every region.
 //!
-//! - `kill9_*`: a worker process (this binary re-executed) runs a random
-//!   stream of operations and is SIGKILLed at a random moment: a random
-//!   time, just after it begins a chosen operation, or (with the
-//!   `failpoints` feature) while it sleeps at `budge::store::after-intent` or
-//!   `after-shift`; sometimes the recovery that follows is killed too. On
-//!   every filesystem of the matrix, cycling through the store strategies.
+//! - `kill9_*`: SIGKILL at a random time, just after a chosen op begins, or
+//!   (with the `failpoints` feature) at a chosen distance after the
+//!   `budge::store::after-intent` / `after-shift` failpoints, sometimes
+//!   while the worker sleeps there; sometimes the recovery is killed too.
+//!   The store's clean pages are dropped from the page cache before the
+//!   check, so it reads what is on disk. Every filesystem of the matrix,
+//!   cycling through the store strategies.
 //! - `shutdown_*`: the same on a private loop-mounted XFS or ext4, crashed
-//!   with `FS_IOC_SHUTDOWN` without log flush (what xfstests does), then
-//!   unmounted and mounted again (log recovery) before the store is
-//!   reopened. Stores there are large and sparse with thousands of extents,
-//!   so the kernel's INSERT/COLLAPSE_RANGE runs long enough to be cut; a
-//!   thread calling `syncfs` in half the rounds forces the log so part of a
-//!   shift can be on disk at the crash. Root only; a loud skip otherwise
-//!   (a failure under `CI=true`).
+//!   with `FS_IOC_SHUTDOWN` without log flush (as xfstests does), then
+//!   unmounted and mounted again (log recovery). Stores there are large and
+//!   sparse with thousands of extents, so INSERT/COLLAPSE_RANGE runs long
+//!   enough to be cut, and in most rounds a thread calls `syncfs` in a loop
+//!   so part of a shift can reach the log. A shutdown is not one instant:
+//!   an op that returns after it began may or may not have reached the disk
+//!   and is checked like the interrupted one. Root only; a loud skip
+//!   otherwise (a failure under `CI=true`).
 //!
-//! `BUDGE_CRASH_ITERS` sets the rounds per test (default 40 kills and 16
-//! shutdowns per filesystem); `BUDGE_CRASH_SEED` replays a seed. Statistics
-//! (where the crashes landed, what recovery did) go to stderr and are
-//! appended to the file `BUDGE_CRASH_REPORT` names, if set.
+//! Environment: `BUDGE_CRASH_ITERS` rounds per test (default 40 kills and
+//! 16 shutdowns per filesystem); `BUDGE_CRASH_SEED` reuses a seed (the op
+//! streams, not the timing); `BUDGE_CRASH_REPORT` a file the statistics
+//! are appended to (they always go to stderr); `BUDGE_CRASH_VERBOSE` logs
+//! every round; `BUDGE_CRASH_FOCUS=<op kind>` shuts down just after such an
+//! op returns; `BUDGE_CRASH_HAMMER=0|1` forces the `syncfs` thread off or
+//! on. A failure keeps the store as the crash left it and after recovery,
+//! the op log and the history in `/var/tmp/budge-crash-fail-<test>-<seed>/`.
 
 mod common;
 mod crash;
@@ -136,14 +145,15 @@ fn kill_round(sess: &mut Session, rng: &mut Rng, it: u64, st: Option<Strategy>) 
     let (lines, status, desc) = w.finish(Duration::from_secs(120));
     sess.note(format!("worker: {desc}"));
     sess.check_exit(sname, status, &desc, false);
-    let (pending, actions) = sess.absorb(&lines, sname, crash, false);
-    if !actions.is_empty() {
+    let crashed = sess.absorb(&lines, sname, crash, false);
+    if !crashed.actions.is_empty() {
         sess.fail(&format!(
-            "the worker's open found recovery work after the parent's recovery: {actions:?}"
+            "the worker's open found recovery work after the parent's recovery: {:?}",
+            crashed.actions
         ));
     }
     sess.stats.add(sname, "rounds");
-    if pending.is_some() && rng.chance(20) {
+    if !crashed.uncertain.is_empty() && rng.chance(20) {
         let at = forensic(&sess.path);
         if at != "clean" && !at.ends_with("complete") {
             // Kill the recovery too.
@@ -165,12 +175,12 @@ fn kill_round(sess: &mut Session, rng: &mut Rng, it: u64, st: Option<Strategy>) 
                     "recovery worker killed before it completed"
                 },
             );
-            assert!(sess.absorb(&l2, sname, crash, false).0.is_none());
-            sess.verify(pending, st, "after a kill in recovery");
+            assert!(sess.absorb(&l2, sname, crash, false).uncertain.is_empty());
+            sess.verify(crashed, st, "after a kill in recovery");
             return;
         }
     }
-    sess.verify(pending, st, "at crash");
+    sess.verify(crashed, st, "at crash");
 }
 
 fn kill_test(fs: &TestFs) {
@@ -290,6 +300,15 @@ fn refragment(sess: &mut Session, rng: &mut Rng, it: u64, want: usize) {
     sess.note(format!("refragmented to {n} extents"));
 }
 
+/// `BUDGE_CRASH_FOCUS`: shut down just after an op of this kind returns
+/// (`write`, `stripe`, `resize`, ...), to chase a durability problem.
+fn focus() -> Option<&'static str> {
+    let v = std::env::var("BUDGE_CRASH_FOCUS").ok()?;
+    ["add", "resize", "remove", "rename", "write", "stripe"]
+        .into_iter()
+        .find(|k| *k == v)
+}
+
 fn shutdown(fs: &LoopFs, sess: &Session) {
     let d = std::fs::File::open(fs.path()).unwrap();
     if let Err(e) = fs_shutdown(&d, ShutdownMode::NoLogFlush) {
@@ -313,7 +332,14 @@ fn shutdown_round(
     ));
     let cfg = sess.worker(rng, it, 100, st, "shutdown");
     let mode = rng.below(100);
-    let trigger = if mode < 55 && cfg!(feature = "failpoints") {
+    let trigger = if let Some(kind) = focus() {
+        // BUDGE_CRASH_FOCUS=<op kind>: crash just after such an op returned.
+        Trigger::Done {
+            kind,
+            k: rng.below(6),
+            delay: Duration::from_micros(rng.log_range(1, 5_000)),
+        }
+    } else if mode < 55 && cfg!(feature = "failpoints") {
         // Inside the shift: the fallocate (native) or the copy back.
         Trigger::Mark {
             mark: "after-intent",
@@ -330,7 +356,11 @@ fn shutdown_round(
     } else {
         Trigger::Time(Duration::from_micros(rng.range(0, 1_500_000)))
     };
-    let hammer = rng.chance(60);
+    let hammer = match std::env::var("BUDGE_CRASH_HAMMER").as_deref() {
+        Ok("0") => false,
+        Ok("1") => true,
+        _ => rng.chance(60),
+    };
     sess.note(format!(
         "shutdown round: strategy {sname}, {trigger:?}, syncfs hammer {hammer}"
     ));
@@ -348,10 +378,11 @@ fn shutdown_round(
     if let Err(e) = fs.cycle() {
         sess.fail(&format!("remount after the shutdown: {e}"));
     }
-    let (pending, actions) = sess.absorb(&lines, sname, down, true);
-    if !actions.is_empty() {
+    let crashed = sess.absorb(&lines, sname, down, true);
+    if !crashed.actions.is_empty() {
         sess.fail(&format!(
-            "the worker's open found recovery work after the parent's recovery: {actions:?}"
+            "the worker's open found recovery work after the parent's recovery: {:?}",
+            crashed.actions
         ));
     }
     sess.stats.add(sname, "rounds");
@@ -363,7 +394,7 @@ fn shutdown_round(
             "rounds without the syncfs hammer"
         },
     );
-    if pending.is_some() && rng.chance(25) {
+    if !crashed.uncertain.is_empty() && rng.chance(25) {
         let at = forensic(&sess.path);
         if at != "clean" && !at.ends_with("complete") {
             // Shut down again while a worker's open recovers.
@@ -381,12 +412,12 @@ fn shutdown_round(
             if let Err(e) = fs.cycle() {
                 sess.fail(&format!("remount after the second shutdown: {e}"));
             }
-            assert!(sess.absorb(&l2, sname, down, true).0.is_none());
-            sess.verify(pending, st, "after a shutdown in recovery");
+            assert!(sess.absorb(&l2, sname, down, true).uncertain.is_empty());
+            sess.verify(crashed, st, "after a shutdown in recovery");
             return;
         }
     }
-    sess.verify(pending, st, "at crash");
+    sess.verify(crashed, st, "at crash");
 }
 
 fn shutdown_test(kind: &'static str) {

@@ -369,6 +369,12 @@ pub enum Trigger {
         structural: bool,
         delay: Duration,
     },
+    /// `delay` after the first op of `kind` at or after op `k` returned.
+    Done {
+        kind: &'static str,
+        k: u64,
+        delay: Duration,
+    },
     /// `delay` after the first failpoint `mark` (see [`MARKS`]) in op `k`
     /// or a later one (if `deep`, one that moves at least half the regions).
     Mark {
@@ -401,6 +407,7 @@ pub fn fire(w: &mut Worker, model: &Model, trigger: &Trigger) -> bool {
                 Trigger::Mark { k, deep, .. } => {
                     i >= k && (!deep || scratch.moves(&op) >= (scratch.regions.len() / 2).max(1))
                 }
+                Trigger::Done { k, kind, .. } => i >= k && op.kind() == kind,
                 Trigger::Time(_) => unreachable!(),
             };
             pending = Some(op);
@@ -410,6 +417,7 @@ pub fn fire(w: &mut Worker, model: &Model, trigger: &Trigger) -> bool {
             if let Some(op) = pending.take() {
                 let _ = scratch.apply(&op);
             }
+            return armed && matches!(trigger, Trigger::Done { .. });
         }
         match trigger {
             Trigger::Mark { mark, .. } => armed && l.strip_prefix("mark ") == Some(*mark),
@@ -417,7 +425,9 @@ pub fn fire(w: &mut Worker, model: &Model, trigger: &Trigger) -> bool {
         }
     });
     if hit.is_some() {
-        let (Trigger::Op { delay, .. } | Trigger::Mark { delay, .. }) = *trigger else {
+        let (Trigger::Op { delay, .. } | Trigger::Mark { delay, .. } | Trigger::Done { delay, .. }) =
+            *trigger
+        else {
             unreachable!()
         };
         pause(delay);
@@ -655,9 +665,34 @@ pub struct Session {
     pub drop_cache: bool,
 }
 
-/// How an iteration ended, for statistics.
+/// What [`Session::check_store`] found.
 pub struct Verified {
-    pub outcome: &'static str,
+    /// For statistics.
+    pub outcome: String,
+    /// How many of the uncertain ops the store reflects.
+    pub applied: usize,
+    /// Byte ranges (region, offset, bytes) to rewrite so the store is
+    /// exactly the model after `applied` ops.
+    pub repairs: Vec<(String, u64, Vec<u8>)>,
+}
+
+/// A crashed worker's lines, digested by [`Session::absorb`].
+#[derive(Default)]
+pub struct Absorbed {
+    /// Ops whose effect the crash leaves open, in order.
+    pub uncertain: Vec<Op>,
+    /// How many of them (the first ones) returned after the shutdown began.
+    pub returned: usize,
+    /// Recovery actions the worker's open reported.
+    pub actions: Vec<String>,
+}
+
+fn describe(ops: &[Op]) -> String {
+    if ops.is_empty() {
+        "nothing".into()
+    } else {
+        ops.iter().map(Op::to_string).collect::<Vec<_>>().join("; ")
+    }
 }
 
 impl Session {
@@ -828,19 +863,20 @@ impl Session {
     }
 
     /// Takes in a crashed worker's lines: applies the ops it finished to the
-    /// model and returns the one it had begun, if any. `crash` is when the
-    /// worker was killed or the filesystem shut down: errors the worker
-    /// reports are failures, unless read after a shutdown (every call fails
-    /// from then on).
+    /// model and returns the ones whose outcome the crash leaves open: the
+    /// op it had begun, and after a shutdown also those that returned once
+    /// the shutdown had begun. `crash` is when the worker was killed or the
+    /// filesystem shut down: errors the worker reports are failures, unless
+    /// read after a shutdown (every call fails from then on).
     pub fn absorb(
         &mut self,
         lines: &[(Instant, String)],
         strategy: &str,
         crash: Instant,
         shutdown: bool,
-    ) -> (Option<Op>, Vec<String>) {
+    ) -> Absorbed {
         let mut pending: Option<Op> = None;
-        let mut actions = Vec::new();
+        let mut out = Absorbed::default();
         let mut done = 0;
         let mut intent_at: Option<Instant> = None;
         // Where the crash landed: the last line read before it.
@@ -872,7 +908,17 @@ impl Session {
                     let op = pending
                         .take()
                         .unwrap_or_else(|| self.fail(&format!("done without begin: {l}")));
-                    if let Err(e) = self.model.apply(&op) {
+                    // After a shutdown began, an op that still returned may
+                    // or may not have reached the disk: the shutdown is not
+                    // one instant.
+                    if shutdown && (*t >= crash || !out.uncertain.is_empty()) {
+                        self.note(format!(
+                            "{op} returned {} us after the shutdown began",
+                            t.saturating_duration_since(crash).as_micros()
+                        ));
+                        out.uncertain.push(op);
+                        out.returned += 1;
+                    } else if let Err(e) = self.model.apply(&op) {
                         self.fail(&format!("model rejects {op}: {e}"));
                     }
                     done += 1;
@@ -915,16 +961,17 @@ impl Session {
                         strategy,
                         format!("recovery by a worker: {}", action_key(rest)),
                     );
-                    actions.push(rest.to_string());
+                    out.actions.push(rest.to_string());
                 }
                 _ => {}
             }
         }
+        out.uncertain.extend(pending);
         self.note(format!(
-            "worker finished {done} ops; in flight: {}",
-            pending.as_ref().map_or("nothing".into(), |o| o.to_string())
+            "worker finished {done} ops; uncertain: {}",
+            describe(&out.uncertain)
         ));
-        (pending, actions)
+        out
     }
 
     /// Logs an op the parent itself runs on the store.
@@ -954,8 +1001,9 @@ impl Session {
 
     /// Opens the store (recovery), checks it against the model with `pending`
     /// interrupted, and settles the model.
-    pub fn verify(&mut self, pending: Option<Op>, strategy: Option<Strategy>, crash_label: &str) {
+    pub fn verify(&mut self, crashed: Absorbed, strategy: Option<Strategy>, crash_label: &str) {
         let sname = strategy_name(strategy);
+        let uncertain = crashed.uncertain;
         if self.drop_cache {
             // Writes back what is dirty (without waiting) and drops what is
             // clean: the check then reads the extent map and data blocks.
@@ -991,8 +1039,8 @@ impl Session {
         let mut s = match r {
             Ok(s) => s,
             Err(e) => self.fail(&format!(
-                "reopen after the crash failed: {e} (in flight: {})",
-                pending.as_ref().map_or("nothing".into(), |o| o.to_string())
+                "reopen after the crash failed: {e} (uncertain: {})",
+                describe(&uncertain)
             )),
         };
         let actions = s.recovery().actions.clone();
@@ -1008,41 +1056,75 @@ impl Session {
             self.stats.extents.push(n);
             self.note(format!("{n} extents after recovery"));
         }
-        let v = self.check_store(&s, pending.as_ref());
-        let v = match v {
+        let v = match self.check_store(&s, &uncertain) {
             Ok(v) => v,
             Err(e) => {
                 drop(s);
                 self.fail(&format!(
-                    "{e}\nin flight: {}\nat crash: {at_crash}\nrecovery: {actions:?}",
-                    pending.as_ref().map_or("nothing".into(), |o| o.to_string())
+                    "{e}\nuncertain ops (in order; the first {} returned after the shutdown began): {}\nat crash: {at_crash}\nrecovery: {actions:?}",
+                    crashed.returned,
+                    describe(&uncertain)
                 ))
             }
         };
-        let kind = pending.as_ref().map_or("no op", |o| o.kind());
-        let structural = pending
-            .as_ref()
-            .is_some_and(|o| self.model.is_structural(o));
-        self.stats.add(
-            sname,
-            format!(
-                "in flight: {kind}{} -> {}",
-                if structural { " (shift)" } else { "" },
-                v.outcome
-            ),
-        );
-        // Settle the model.
-        if let Some(op) = pending {
-            if op.writes_bytes() {
-                self.oplog
-                    .push(format!("[{}] parent redoes: {op}", self.iteration));
-                if let Err(e) = op.run(&mut s) {
-                    self.fail(&format!("redoing {op} after recovery: {e}"));
-                }
-                self.model.apply(&op).unwrap();
-            } else if v.outcome == "after" {
-                self.model.apply(&op).unwrap();
+        // Statistics: what the crash interrupted and which state survived.
+        let n = uncertain.len();
+        if n <= 1 {
+            let kind = uncertain.first().map_or("no op", |o| o.kind());
+            let structural = uncertain
+                .first()
+                .is_some_and(|o| self.model.is_structural(o));
+            self.stats.add(
+                sname,
+                format!(
+                    "in flight: {kind}{} -> {}",
+                    if structural { " (shift)" } else { "" },
+                    v.outcome
+                ),
+            );
+        } else {
+            self.stats.add(
+                sname,
+                format!(
+                    "in flight: {n} ops (some returned during the shutdown) -> {}",
+                    v.outcome
+                ),
+            );
+        }
+        if crashed.returned > 0 {
+            self.stats
+                .add(sname, "ops returned after the shutdown began (uncertain)");
+            if v.applied < crashed.returned {
+                let lost = describe(&uncertain[v.applied..crashed.returned]);
+                self.note(format!(
+                    "LOST ops that returned during the shutdown: {lost}"
+                ));
+                self.stats.add(
+                    sname,
+                    "LOST an op that returned success after the shutdown began",
+                );
             }
+        }
+        // Settle: make the store exactly the chosen candidate (rewrite the
+        // bytes that differ, e.g. a write that only partly survived), and
+        // take that as the model.
+        if !v.repairs.is_empty() {
+            for (name, start, bytes) in &v.repairs {
+                self.oplog.push(format!(
+                    "[{}] parent repairs {name} [{start}, {})",
+                    self.iteration,
+                    start + bytes.len() as u64
+                ));
+                let r = s.bytes_mut(name).map(|b| {
+                    b[*start as usize..*start as usize + bytes.len()].copy_from_slice(bytes)
+                });
+                if let Err(e) = r.and_then(|()| s.commit()) {
+                    self.fail(&format!("repairing {name} after recovery: {e}"));
+                }
+            }
+        }
+        for op in &uncertain[..v.applied] {
+            self.model.apply(op).unwrap();
         }
         drop(s);
         // Recovery is finished: check() finds nothing to do and readers can
@@ -1067,29 +1149,36 @@ impl Session {
         }
     }
 
-    fn check_store(&self, s: &Store, pending: Option<&Op>) -> Result<Verified, String> {
+    /// Checks the reopened store against the candidates: the model after
+    /// the first `j` uncertain ops, for each `j`. The table must be one of
+    /// theirs; every byte must be what one of the candidates with that
+    /// table says (an interrupted write leaves each byte old or new). Picks
+    /// the latest candidate the bytes match exactly, or else the latest
+    /// with that table plus the byte ranges to rewrite to reach it.
+    fn check_store(&self, s: &Store, uncertain: &[Op]) -> Result<Verified, String> {
         let regions = s.regions();
         let table: Vec<(String, u64)> = regions.iter().map(|r| (r.name.clone(), r.len)).collect();
-        let before = &self.model;
-        let after = match pending {
-            Some(op) => Some(before.after(op).map_err(|e| format!("model: {e}"))?),
-            None => None,
-        };
-        let (outcome, m) = if table == before.table() {
-            if after.as_ref().is_some_and(|a| a.table() != table) {
-                ("before", before)
-            } else {
-                ("same table", before)
+        let mut cands = vec![self.model.clone()];
+        for op in uncertain {
+            let next = cands
+                .last()
+                .unwrap()
+                .after(op)
+                .map_err(|e| format!("model: {e}"))?;
+            cands.push(next);
+        }
+        let js: Vec<usize> = (0..cands.len())
+            .filter(|&j| cands[j].table() == table)
+            .collect();
+        let Some(&jmax) = js.last() else {
+            let mut msg =
+                format!("the table is not one the uncertain ops can leave:\n  now: {table:?}\n");
+            for (j, c) in cands.iter().enumerate() {
+                msg.push_str(&format!("  after {j} of them: {:?}\n", c.table()));
             }
-        } else if let Some(a) = after.as_ref().filter(|a| a.table() == table) {
-            ("after", a)
-        } else {
-            return Err(format!(
-                "the table is neither the one before nor after the interrupted op:\n  now:    {table:?}\n  before: {:?}\n  after:  {:?}",
-                before.table(),
-                after.map(|a| a.table())
-            ));
+            return Err(msg);
         };
+        let m = &cands[jmax];
         // Layout: packed, capacities exact, file size.
         let mut off = format::DATA_START;
         for r in &regions {
@@ -1132,47 +1221,89 @@ impl Session {
             }
         }
         // Content.
-        let fuzzy = pending.is_some_and(Op::writes_bytes);
+        let mut exact = vec![true; js.len()];
+        let mut repairs = Vec::new();
         for (i, reg) in m.regions.iter().enumerate() {
             let got = s
                 .bytes(&reg.name)
                 .map_err(|e| format!("read {:?}: {e}", reg.name))?;
-            let want = reg.expected();
-            if got == &want[..] {
+            let mut wants: Vec<Vec<u8>> = Vec::new();
+            let mut which = Vec::new(); // js index -> wants index
+            for &j in &js {
+                let w = cands[j].regions[i].expected();
+                match wants.iter().position(|x| *x == w) {
+                    Some(k) => which.push(k),
+                    None => {
+                        which.push(wants.len());
+                        wants.push(w);
+                    }
+                }
+            }
+            let same: Vec<bool> = wants.iter().map(|w| got == &w[..]).collect();
+            for (x, &k) in which.iter().enumerate() {
+                exact[x] &= same[k];
+            }
+            let last = &wants[*which.last().unwrap()];
+            if same.iter().any(|&b| b) && got == &last[..] {
                 continue;
             }
-            if fuzzy {
-                let alt = after.as_ref().unwrap().regions[i].expected();
-                if let Some(p) = (0..want.len()).find(|&p| got[p] != want[p] && got[p] != alt[p]) {
+            if !same.iter().any(|&b| b) {
+                if let Some(p) = (0..got.len()).find(|&p| wants.iter().all(|w| w[p] != got[p])) {
+                    let p0 = (0..got.len()).find(|&q| got[q] != last[q]).unwrap_or(p);
                     return Err(format!(
-                        "region {:?} byte {p} is {:#x}: neither the committed {:#x} nor the in-flight write's {:#x}\n{}",
+                        "region {:?} ({} bytes): byte {p} is {:#x}, which no candidate state has (the latest with this table: {:#x}); first difference from it at byte {p0}\n{}",
                         reg.name,
+                        got.len(),
                         got[p],
-                        want[p],
-                        alt[p],
-                        self.diff(reg, got, &want)
+                        last[p],
+                        self.diff(&cands[jmax].regions[i], got, last)
                     ));
                 }
-                continue;
             }
-            let p = (0..want.len()).find(|&p| got[p] != want[p]).unwrap();
-            let run = (p..want.len()).take_while(|&q| got[q] != want[q]).count();
-            let ver = reg
-                .data
-                .range(..=p as u64)
-                .next_back()
-                .filter(|(_, (e, _))| *e > p as u64)
-                .map(|(_, (_, v))| *v);
-            return Err(format!(
-                "region {:?} ({} bytes, outcome {outcome}): byte {p} is {:#x}, expected {:#x} (written by version {ver:?}); {run} bytes differ from there\n{}",
-                reg.name,
-                want.len(),
-                got[p],
-                want[p],
-                self.diff(reg, got, &want)
-            ));
+            // Bytes that differ from the latest candidate, to rewrite.
+            let mut p = 0;
+            while p < got.len() {
+                if got[p] == last[p] {
+                    p += 1;
+                    continue;
+                }
+                let a = p;
+                while p < got.len() && got[p] != last[p] {
+                    p += 1;
+                }
+                repairs.push((reg.name.clone(), a as u64, last[a..p].to_vec()));
+            }
         }
-        Ok(Verified { outcome })
+        let n = uncertain.len();
+        let (applied, repairs) = match (0..js.len()).rev().find(|&x| exact[x]) {
+            Some(x) => (js[x], Vec::new()),
+            None => (jmax, repairs),
+        };
+        let outcome = match n {
+            0 => "nothing in flight".to_string(),
+            1 if uncertain[0].writes_bytes() && !repairs.is_empty() => "bytes mixed".into(),
+            1 if uncertain[0].writes_bytes() => if applied == 1 {
+                "new bytes"
+            } else {
+                "old bytes"
+            }
+            .into(),
+            1 if cands[0].table() == cands[1].table() => "same table".into(),
+            1 => if applied == 1 { "after" } else { "before" }.into(),
+            _ => format!(
+                "{applied} of {n} applied{}",
+                if repairs.is_empty() {
+                    ""
+                } else {
+                    ", bytes mixed"
+                }
+            ),
+        };
+        Ok(Verified {
+            outcome,
+            applied,
+            repairs,
+        })
     }
 
     /// Where `got` differs from `want` (the committed bytes of `reg`): up to
