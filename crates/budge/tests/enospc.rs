@@ -4,30 +4,10 @@
 
 mod common;
 
-use std::fs::File;
-
 use budge::{collapse, insert, ErrorKind, Strategy};
-use common::{data, forced, read_all, run_small, shift_strategies, TestFs};
+use common::{data, fill_fs, forced, read_all, run_small, shift_strategies};
 
 const BS: u64 = 4096;
-
-/// Fills the filesystem with one preallocated filler file until less than
-/// `leave` bytes remain (fallocate, so it is fast). Remove it to free space.
-fn fill(fs: &TestFs, leave: u64) -> File {
-    let filler = fs.file_with("filler", &[]);
-    let mut at = 0;
-    let mut chunk = 64u64 << 20;
-    while chunk >= BS {
-        match budge::sys::fallocate(&filler, budge::sys::Falloc::Allocate, at, chunk) {
-            Ok(()) => at += chunk,
-            Err(_) => chunk /= 2,
-        }
-        if budge::sys::fs_info(&filler).unwrap().avail_bytes < leave {
-            break;
-        }
-    }
-    filler
-}
 
 fn enospc(kind: &'static str) {
     run_small(kind, |fs| {
@@ -35,7 +15,7 @@ fn enospc(kind: &'static str) {
         let f = fs.file_with("f", &orig);
         f.sync_all().unwrap();
         let strategies = shift_strategies(fs);
-        let filler = fill(fs, 64 << 10);
+        let filler = fill_fs(fs, 64 << 10);
         let mut failures = 0;
         for s in strategies {
             // Far more than is free: a copying insert must reserve it first.
@@ -112,7 +92,7 @@ fn copy_shift_on_nearly_full_btrfs_fails_before_moving() {
         let orig = data(8 << 20, 2);
         let f = fs.file_with("f", &orig);
         f.sync_all().unwrap();
-        let filler = fill(fs, 2 << 20);
+        let filler = fill_fs(fs, 2 << 20);
         // (Not KernelCopy: copy_file_range reflinks on btrfs and needs no space.)
         let s = Strategy::UserCopy;
         let e = insert(&f, 1 << 20, 64 << 10, &forced(s)).unwrap_err();

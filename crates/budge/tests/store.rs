@@ -6,7 +6,7 @@ mod common;
 
 use budge::store::{Growth, Store, StoreOptions};
 use budge::{ErrorKind, Strategy};
-use common::{data, TestFs};
+use common::{data, store_strategies, TestFs};
 
 const MIB: u64 = 1 << 20;
 
@@ -16,23 +16,6 @@ fn opts(strategy: Option<Strategy>) -> StoreOptions {
         growth: Growth::Exact,
         ..StoreOptions::default()
     }
-}
-
-/// The strategies a store can be forced to use here.
-fn store_strategies(fs: &TestFs) -> Vec<Option<Strategy>> {
-    let c = fs.caps();
-    let mut v = vec![None];
-    if c.insert_range.works && c.collapse_range.works {
-        v.push(Some(Strategy::Native));
-    }
-    if c.ficlonerange.works {
-        v.push(Some(Strategy::Reflink));
-    }
-    if c.copy_file_range.works {
-        v.push(Some(Strategy::KernelCopy));
-    }
-    v.push(Some(Strategy::UserCopy));
-    v
 }
 
 fn fill(s: &mut Store, name: &str, seed: u64) -> Vec<u8> {

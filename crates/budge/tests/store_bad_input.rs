@@ -21,7 +21,6 @@ mod common;
 mod header_checks;
 
 use std::collections::BTreeSet;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use budge::store::format::{
@@ -30,7 +29,7 @@ use budge::store::format::{
 };
 use budge::store::{check, Growth, Store, StoreOptions};
 use budge::{Error, ErrorKind, Policy, Strategy};
-use common::{data, run_small, TestFs};
+use common::{data, fill_fs, run_small, store_strategies, TestFs};
 
 const MIB: u64 = 1 << 20;
 
@@ -1020,40 +1019,6 @@ fs_test!(mutated_store_files, |fs: &TestFs| {
         "{refused} refused, {opened} opened"
     );
 });
-
-/// The small filesystems of the ENOSPC tests: fills one with a preallocated
-/// filler until less than `leave` bytes are free.
-fn fill_fs(fs: &TestFs, leave: u64) -> File {
-    let filler = fs.file_with("filler", &[]);
-    let mut at = 0;
-    let mut chunk = 64u64 << 20;
-    while chunk >= 4096 {
-        match budge::sys::fallocate(&filler, budge::sys::Falloc::Allocate, at, chunk) {
-            Ok(()) => at += chunk,
-            Err(_) => chunk /= 2,
-        }
-        if budge::sys::fs_info(&filler).unwrap().avail_bytes < leave {
-            break;
-        }
-    }
-    filler
-}
-
-fn store_strategies(fs: &TestFs) -> Vec<Option<Strategy>> {
-    let c = fs.caps();
-    let mut v = vec![None];
-    if c.insert_range.works && c.collapse_range.works {
-        v.push(Some(Strategy::Native));
-    }
-    if c.ficlonerange.works {
-        v.push(Some(Strategy::Reflink));
-    }
-    if c.copy_file_range.works {
-        v.push(Some(Strategy::KernelCopy));
-    }
-    v.push(Some(Strategy::UserCopy));
-    v
-}
 
 /// Name, offset, len, capacity, elem_size of each region.
 fn table(s: &Store) -> Vec<(String, u64, u64, u64, u32)> {

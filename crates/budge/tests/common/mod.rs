@@ -176,3 +176,39 @@ pub fn shift_strategies(fs: &TestFs) -> Vec<Strategy> {
     v.push(Strategy::UserCopy);
     v
 }
+
+/// Fills the (small) filesystem with one preallocated filler file until less
+/// than `leave` bytes remain (fallocate, so it is fast). Remove it to free
+/// the space.
+pub fn fill_fs(fs: &TestFs, leave: u64) -> File {
+    let filler = fs.file_with("filler", &[]);
+    let mut at = 0;
+    let mut chunk = 64u64 << 20;
+    while chunk >= 4096 {
+        match budge::sys::fallocate(&filler, budge::sys::Falloc::Allocate, at, chunk) {
+            Ok(()) => at += chunk,
+            Err(_) => chunk /= 2,
+        }
+        if budge::sys::fs_info(&filler).unwrap().avail_bytes < leave {
+            break;
+        }
+    }
+    filler
+}
+
+/// The strategies a store can be forced to use here (`None` = automatic).
+pub fn store_strategies(fs: &TestFs) -> Vec<Option<Strategy>> {
+    let c = fs.caps();
+    let mut v = vec![None];
+    if c.insert_range.works && c.collapse_range.works {
+        v.push(Some(Strategy::Native));
+    }
+    if c.ficlonerange.works {
+        v.push(Some(Strategy::Reflink));
+    }
+    if c.copy_file_range.works {
+        v.push(Some(Strategy::KernelCopy));
+    }
+    v.push(Some(Strategy::UserCopy));
+    v
+}
