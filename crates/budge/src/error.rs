@@ -41,6 +41,10 @@ pub enum ErrorKind {
     /// A structural change was interrupted and must be completed by opening
     /// the store read-write before read-only openers can use it.
     NeedsRecovery,
+    /// The file changed under the operation: since a snapshot was taken (a
+    /// commit that refuses to overwrite someone else's change), or while it
+    /// was being copied.
+    Conflict,
 }
 
 /// An operation on a file failed. See the module docs for the message format.

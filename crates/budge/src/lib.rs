@@ -34,6 +34,7 @@ pub mod extents;
 pub mod map;
 pub mod range;
 pub mod shift;
+pub mod snap;
 pub mod store;
 pub mod strategy;
 pub mod sys;

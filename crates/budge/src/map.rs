@@ -89,6 +89,16 @@ impl SharedMap {
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 
+    /// The mapped bytes, writable; `None` for a read-only mapping.
+    pub fn as_mut_slice(&mut self) -> Option<&mut [u8]> {
+        if !self.writable {
+            return None;
+        }
+        // SAFETY: `ptr..ptr+len` is a live, writable (checked) mapping owned
+        // by `self`, and `&mut self` excludes every other borrow of it.
+        Some(unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) })
+    }
+
     /// Copies `buf.len()` bytes at `offset` out of the mapping.
     ///
     /// # Errors

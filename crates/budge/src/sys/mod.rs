@@ -6,6 +6,7 @@
 
 pub mod ioctl;
 pub mod lock;
+pub mod meta;
 pub mod probe;
 
 use std::fs::File;

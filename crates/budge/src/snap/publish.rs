@@ -1,0 +1,312 @@
+//! Publishing a new version of a file: the commit protocol shared by
+//! [`SnapshotMut::commit`](super::SnapshotMut::commit),
+//! [`commit_and_close`](super::SnapshotMut::commit_and_close) and
+//! [`snapshot_to`](super::snapshot_to).
+//!
+//! The new content is an unnamed file (O_TMPFILE) on the target's
+//! filesystem. Publishing it:
+//!
+//! 1. locks the file now at the path (`flock`, so budge committers to one
+//!    path go one at a time) and checks it is still the
+//!    file the path names, and, if asked, that it is the version the
+//!    snapshot was taken from;
+//! 2. gives the new file the old one's mode, owner and extended attributes;
+//! 3. `fsync`s it (data, size and metadata);
+//! 4. links it under a temporary name `.NAME.budge-commit.PID.N` in the
+//!    same directory;
+//! 5. `rename`s that over the path (atomic: an opener sees the whole old or
+//!    the whole new file);
+//! 6. `fsync`s the directory (the rename is durable).
+//!
+//! A crash before 4 leaves nothing (the kernel frees unnamed files); between
+//! 4 and 5 a complete temporary file whose owner is dead, which [`cleanup`]
+//! removes on the next open; after 5 the new version, durable after 6.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::ErrorKind as IoKind;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::sys::meta::{self, Identity};
+use crate::sys::{self};
+
+/// How long a commit waits for another holder of the file's lock (a budge
+/// committer holds it for a few fsyncs; a store writer for its lifetime).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What a commit expects to find at the path.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Expect {
+    /// Anything (or nothing): overwrite.
+    Anything,
+    /// No file: the snapshot created a new one.
+    Absent,
+    /// This version of the file.
+    Version(Identity),
+}
+
+/// The directory holding `path` (`.` for a bare name).
+pub(crate) fn dir_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+fn temp_prefix(path: &Path) -> Option<OsString> {
+    let name = path.file_name()?;
+    let mut s = OsString::from(".");
+    s.push(name);
+    s.push(".budge-commit.");
+    Some(s)
+}
+
+fn os(op: &str, path: &Path, call: &'static str, e: std::io::Error) -> Error {
+    Error::os(op.to_string(), call, e).with_path(path)
+}
+
+/// The umask of this process, read from `/proc/self/status` (setting it to
+/// find out would race with other threads); 022 if procfs says nothing.
+fn umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o022)
+}
+
+/// Opens the file at `path` (if any) and takes the commit lock on it,
+/// retrying while the path is being replaced under us. `None` if no file
+/// is there.
+fn lock_current(op: &str, path: &Path) -> Result<Option<File>> {
+    for _ in 0..100 {
+        let f = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == IoKind::NotFound => return Ok(None),
+            Err(e) => return Err(os(op, path, "open", e)),
+        };
+        let (held, _) = meta::identity(&f).map_err(|e| os(op, path, "fstat", e))?;
+        flock_wait(op, path, &f, held)?;
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.dev() == held.dev && m.ino() == held.ino => return Ok(Some(f)),
+            // Replaced while we waited for the lock: lock the new one.
+            Ok(_) => continue,
+            Err(e) if e.kind() == IoKind::NotFound => continue,
+            Err(e) => return Err(os(op, path, "stat", e)),
+        }
+    }
+    Err(Error::new(ErrorKind::Conflict, op.to_string())
+        .with_path(path)
+        .with_hint("the file was replaced 100 times while waiting for the commit lock"))
+}
+
+/// Takes an exclusive `flock` on `f` (which may be open read-only), waiting
+/// up to [`LOCK_WAIT`] for its holder.
+fn flock_wait(op: &str, path: &Path, f: &File, id: Identity) -> Result<()> {
+    let start = std::time::Instant::now();
+    loop {
+        match sys::try_lock(f, true) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == IoKind::WouldBlock && start.elapsed() < LOCK_WAIT => {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            Err(e) if e.kind() == IoKind::WouldBlock => {
+                let who = match sys::lock::flock_holder(id.dev, id.ino) {
+                    Some((pid, comm)) => format!("pid {pid} ({comm})"),
+                    None => "another process".to_string(),
+                };
+                return Err(Error::new(ErrorKind::Locked, op.to_string())
+                    .with_path(path)
+                    .with_hint(format!(
+                        "{who} has held the file's lock for {} s (a budge store writer, or a commit in progress)",
+                        LOCK_WAIT.as_secs()
+                    )));
+            }
+            Err(e) => return Err(os(op, path, "flock", e)),
+        }
+    }
+}
+
+/// Copies mode, owner and extended attributes of `from` to `to`.
+fn copy_metadata(op: &str, path: &Path, from: &File, to: &File) -> Result<()> {
+    let (_, owner) = meta::identity(from).map_err(|e| os(op, path, "fstat", e))?;
+    let (_, mine) = meta::identity(to).map_err(|e| os(op, path, "fstat", e))?;
+    if (owner.uid, owner.gid) != (mine.uid, mine.gid) {
+        meta::fchown(to, owner.uid, owner.gid).map_err(|e| {
+            os(op, path, "fchown", e).with_hint(format!(
+                "the new version must keep the owner {}:{}; only root (or the owner, for the group) can give it",
+                owner.uid, owner.gid
+            ))
+        })?;
+    }
+    // After fchown (which may clear set-id bits).
+    meta::fchmod(to, owner.mode).map_err(|e| os(op, path, "fchmod", e))?;
+    let names = meta::xattr_names(from).map_err(|e| os(op, path, "flistxattr", e))?;
+    for name in names {
+        let value = match meta::xattr_get(from, &name) {
+            Ok(v) => v,
+            // Removed since it was listed.
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => continue,
+            Err(e) => return Err(os(op, path, "fgetxattr", e)),
+        };
+        meta::xattr_set(to, &name, &value).map_err(|e| {
+            os(op, path, "fsetxattr", e).with_hint(format!(
+                "cannot carry the extended attribute {:?} over to the new version",
+                name
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Publishes `content` (an unnamed file on `path`'s filesystem) at `path`
+/// with the protocol in the module docs. Returns the identity of the file
+/// now at `path`.
+pub(crate) fn publish(op: &str, content: &File, path: &Path, expect: Expect) -> Result<Identity> {
+    let dir = dir_of(path);
+    let current = lock_current(op, path)?;
+    let now = match &current {
+        Some(f) => Some(meta::identity(f).map_err(|e| os(op, path, "fstat", e))?.0),
+        None => None,
+    };
+    match (expect, now) {
+        (Expect::Anything, _) | (Expect::Absent, None) => {}
+        (Expect::Version(v), Some(n)) if v == n => {}
+        (Expect::Absent, Some(_)) => {
+            return Err(conflict(
+                op,
+                path,
+                "a file was created at the path since the snapshot was made",
+            ));
+        }
+        (Expect::Version(_), None) => {
+            return Err(conflict(
+                op,
+                path,
+                "the file was deleted since the snapshot was taken",
+            ));
+        }
+        (Expect::Version(v), Some(n)) => {
+            let what = if (v.dev, v.ino) != (n.dev, n.ino) {
+                "the file was replaced by another one"
+            } else if v.size != n.size {
+                "the file's size changed"
+            } else {
+                "the file was written or its metadata changed"
+            };
+            return Err(conflict(
+                op,
+                path,
+                &format!("{what} since the snapshot was taken"),
+            ));
+        }
+    }
+    match &current {
+        Some(f) => copy_metadata(op, path, f, content)?,
+        None => meta::fchmod(content, 0o666 & !umask()).map_err(|e| os(op, path, "fchmod", e))?,
+    }
+    sys::fsync(content).map_err(|e| os(op, path, "fsync", e))?;
+    let prefix = temp_prefix(path).ok_or_else(|| {
+        Error::new(ErrorKind::InvalidArgument, op.to_string())
+            .with_path(path)
+            .with_hint("the path has no file name")
+    })?;
+    let temp = loop {
+        let mut name = prefix.clone();
+        name.push(format!(
+            "{}.{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let temp = dir.join(name);
+        match sys::link_tmpfile(content, &temp) {
+            Ok(()) => break temp,
+            Err(e) if e.kind() == IoKind::AlreadyExists => continue,
+            Err(e) => return Err(os(op, path, "linkat", e)),
+        }
+    };
+    fail::fail_point!("budge::snap::before-rename", |_| {
+        Err(Error::new(ErrorKind::Io, op.to_string())
+            .with_path(path)
+            .with_hint("failpoint budge::snap::before-rename"))
+    });
+    if let Err(e) = std::fs::rename(&temp, path) {
+        let _ = std::fs::remove_file(&temp);
+        return Err(os(op, path, "rename", e));
+    }
+    let d = File::open(&dir).map_err(|e| os(op, &dir, "open directory", e))?;
+    sys::fsync(&d).map_err(|e| os(op, &dir, "fsync directory", e))?;
+    drop(current);
+    let (id, _) = meta::identity(content).map_err(|e| os(op, path, "fstat", e))?;
+    Ok(id)
+}
+
+fn conflict(op: &str, path: &Path, what: &str) -> Error {
+    Error::new(ErrorKind::Conflict, op.to_string())
+        .with_path(path)
+        .with_hint(format!(
+            "{what}; refusing to overwrite it (OnConflict::Refuse). Take a new snapshot to merge, or commit with OnConflict::Overwrite"
+        ))
+}
+
+fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Removes the temporary files that commits to `path` left behind when
+/// their process died between linking and renaming (`.NAME.budge-commit.PID.N`
+/// whose PID is no longer running). Returns what it removed. Temporary
+/// files of live processes are left alone: they may be mid-commit.
+///
+/// # Errors
+/// `Io` if the directory cannot be read or a stray file cannot be removed.
+pub fn cleanup(path: impl AsRef<Path>) -> Result<Vec<PathBuf>> {
+    let path = path.as_ref();
+    let op = "clean up after interrupted commits";
+    let Some(prefix) = temp_prefix(path) else {
+        return Ok(Vec::new());
+    };
+    let dir = dir_of(path);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == IoKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(os(op, &dir, "readdir", e)),
+    };
+    let mut removed = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| os(op, &dir, "readdir", e))?;
+        let name = entry.file_name();
+        let Some(rest) = name.as_bytes().strip_prefix(prefix.as_bytes()) else {
+            continue;
+        };
+        let pid = std::str::from_utf8(rest)
+            .ok()
+            .and_then(|r| r.split('.').next())
+            .and_then(|p| p.parse::<u32>().ok());
+        match pid {
+            Some(pid) if !pid_alive(pid) => {
+                let p = entry.path();
+                match std::fs::remove_file(&p) {
+                    Ok(()) => removed.push(p),
+                    Err(e) if e.kind() == IoKind::NotFound => {}
+                    Err(e) => return Err(os(op, &p, "unlink", e)),
+                }
+            }
+            _ => {}
+        }
+    }
+    if !removed.is_empty() {
+        let d = File::open(&dir).map_err(|e| os(op, &dir, "open directory", e))?;
+        sys::fsync(&d).map_err(|e| os(op, &dir, "fsync directory", e))?;
+    }
+    Ok(removed)
+}
