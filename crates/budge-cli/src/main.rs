@@ -84,6 +84,19 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Write a consistent point-in-time copy of FILE to OUT (reflink where
+    /// possible, sparse-aware copy otherwise), published atomically.
+    Snap {
+        file: PathBuf,
+        out: PathBuf,
+        /// Replace OUT if it exists.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        policy: PolicyArgs,
+        #[arg(long)]
+        json: bool,
+    },
     /// Benchmark insert/collapse strategies against a naive rewrite.
     Bench(bench::BenchArgs),
     /// A store: named growable arrays in one memory-mapped file.
@@ -246,6 +259,25 @@ fn run(cmd: Cmd) -> CliResult {
             })?;
         }
         Cmd::Demo { dir, size, json } => demo::run(dir, size, json)?,
+        Cmd::Snap {
+            file,
+            out,
+            force,
+            policy,
+            json,
+        } => {
+            let progress = Progress::new("snapshot");
+            let cb = progress.callback();
+            let opts = budge::snap::SnapOptions {
+                policy: policy.policy(),
+                strategy: policy.strategy,
+                progress: Some(&cb),
+                ..Default::default()
+            };
+            let r = budge::snap::snapshot_to(&file, &out, force, &opts);
+            progress.finish();
+            output::print_snap(&file, &out, &r?, json)?;
+        }
         Cmd::Bench(args) => bench::run(&args)?,
         Cmd::Store(cmd) => store_cmd::run(cmd)?,
     }

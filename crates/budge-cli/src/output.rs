@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use budge::copy::CopyReport;
 use budge::extents::{self, flags, SegmentKind};
+use budge::snap::SnapReport;
 use budge::{Capabilities, ShiftReport};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
@@ -132,6 +133,52 @@ pub fn print_copy(verb: &str, r: &CopyReport, json: bool) -> Res {
         human_size(r.bytes_cloned),
         human_size(r.hole_bytes)
     )?;
+    Ok(())
+}
+
+pub fn print_snap(file: &Path, out: &Path, r: &SnapReport, json: bool) -> Res {
+    if json {
+        return emit(&json!({
+            "operation": "snap",
+            "file": file,
+            "out": out,
+            "strategy": r.strategy.name(),
+            "bytes_copied": r.bytes_copied,
+            "bytes_cloned": r.bytes_cloned,
+            "attempts": r.attempts,
+            "note": r.note,
+            "cleaned": r.cleaned,
+            "elapsed_ms": r.elapsed.as_secs_f64() * 1e3,
+        }));
+    }
+    let mut o = std::io::stdout().lock();
+    writeln!(
+        o,
+        "snap {} -> {}: strategy {}, {} data bytes copied, {} cloned, {:.1} ms",
+        file.display(),
+        out.display(),
+        r.strategy,
+        r.bytes_copied,
+        human_size(r.bytes_cloned),
+        r.elapsed.as_secs_f64() * 1e3
+    )?;
+    if r.attempts > 1 {
+        writeln!(
+            o,
+            "  note: the file changed during {} copies; copied again",
+            r.attempts - 1
+        )?;
+    }
+    if let Some(n) = &r.note {
+        writeln!(o, "  note: {n}")?;
+    }
+    for c in &r.cleaned {
+        writeln!(
+            o,
+            "  removed {} (left by an interrupted commit)",
+            c.display()
+        )?;
+    }
     Ok(())
 }
 

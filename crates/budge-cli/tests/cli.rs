@@ -205,3 +205,44 @@ fs_test!(demo_runs_and_verifies, |fs| {
     // It cleans up after itself.
     assert_eq!(std::fs::read_dir(fs.dir.path()).unwrap().count(), 0);
 });
+
+fs_test!(snap_copies_point_in_time_and_refuses_to_clobber, |fs| {
+    let src = fs.path("src");
+    let out = fs.path("out");
+    let d = data(3 << 20, 5);
+    std::fs::write(&src, &d).unwrap();
+    let p = |s: &std::path::Path| s.to_str().unwrap().to_string();
+    let j = json(&budge(&["snap", &p(&src), &p(&out), "--json"]));
+    let reflinks = matches!(fs.kind, "xfs" | "btrfs");
+    let want = if reflinks { "reflink" } else { "kernel-copy" };
+    assert_eq!(j["strategy"], want, "{j}");
+    assert_eq!(j["bytes_copied"].as_u64().unwrap() == 0, reflinks, "{j}");
+    assert_eq!(std::fs::read(&out).unwrap(), d);
+    // OUT exists: refused, exit 1, naming it; --force replaces it.
+    std::fs::write(&src, b"v2").unwrap();
+    let o = budge(&["snap", &p(&src), &p(&out)]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(&p(&out)) && err.contains("exists"), "{err}");
+    assert_eq!(std::fs::read(&out).unwrap(), d);
+    let o = budge(&[
+        "snap",
+        &p(&src),
+        &p(&out),
+        "--force",
+        "--strategy",
+        "user-copy",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("strategy user-copy"));
+    assert_eq!(std::fs::read(&out).unwrap(), b"v2");
+    // --metadata-only where only a copy works: refused, OUT untouched.
+    let o = budge(&["snap", &p(&src), &p(&out), "--force", "--metadata-only"]);
+    assert_eq!(
+        o.status.success(),
+        reflinks,
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), b"v2");
+});

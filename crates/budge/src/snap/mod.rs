@@ -283,7 +283,7 @@ fn fill(
         // for it), so it holds some version at least as new as `before`;
         // recording `before` can only make a later conflict check stricter.
         if before == after || r.strategy == Strategy::Reflink {
-            if r.strategy.copies_data() && report.note.is_none() {
+            if r.strategy.copies_data() && report.note.is_none() && opts.strategy.is_none() {
                 report.note = Some(format!(
                     "the filesystem cannot reflink here: {} copied",
                     fmt_size(r.bytes_copied)
