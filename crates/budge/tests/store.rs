@@ -165,3 +165,54 @@ fs_test!(several_regions_borrowed_at_once, |fs: &TestFs| {
     assert_eq!(xs.as_ptr() as usize % 4096, 0);
     assert_eq!(xs[511], u64::from_ne_bytes([1; 8]));
 });
+
+fs_test!(snapshot_while_the_writer_goes_on, |fs: &TestFs| {
+    let path = fs.path("snap-store");
+    let mut s = Store::create(&path, &opts(None)).unwrap();
+    s.add("a", 2 * MIB, 0).unwrap();
+    s.add("b", 3 * MIB + 4096, 0).unwrap();
+    let a = fill(&mut s, "a", 11);
+    let b = fill(&mut s, "b", 12);
+    s.commit().unwrap();
+    let snap = Store::open_snapshot(&path, &StoreOptions::default()).unwrap();
+    let rep = snap.snapshot().unwrap().clone();
+    let reflinks = matches!(fs.kind, "xfs" | "btrfs");
+    assert_eq!(rep.bytes_copied == 0, reflinks, "{rep:?}");
+    assert!(!snap.is_writable());
+    // The writer keeps going: grow a (b moves), write, add, remove, rename.
+    s.resize("a", 5 * MIB).unwrap();
+    s.bytes_mut("b").unwrap().fill(0xEE);
+    s.add("c", MIB, 0).unwrap();
+    s.remove("a").unwrap();
+    s.rename("b", "bb").unwrap();
+    s.commit().unwrap();
+    let names: Vec<_> = snap.regions().into_iter().map(|r| r.name).collect();
+    assert_eq!(names, ["a", "b"]);
+    assert!(snap.bytes("a").unwrap() == &a[..]);
+    assert!(snap.bytes("b").unwrap() == &b[..]);
+    // A second snapshot sees the new state; the first is unchanged.
+    let snap2 = Store::open_snapshot(&path, &StoreOptions::default()).unwrap();
+    let names: Vec<_> = snap2.regions().into_iter().map(|r| r.name).collect();
+    assert_eq!(names, ["bb", "c"]);
+    assert!(snap2.bytes("bb").unwrap().iter().all(|&x| x == 0xEE));
+    assert!(snap.bytes("b").unwrap() == &b[..]);
+    // Dropping snapshots leaves no file behind.
+    drop((snap, snap2));
+    let names: Vec<_> = std::fs::read_dir(fs.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["snap-store"]);
+    // Metadata-only where only a copy works: refused.
+    let mo = StoreOptions {
+        policy: budge::Policy::MetadataOnly,
+        ..StoreOptions::default()
+    };
+    match Store::open_snapshot(&path, &mo) {
+        Ok(_) => assert!(reflinks),
+        Err(e) => {
+            assert!(!reflinks, "{e}");
+            assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+        }
+    }
+});

@@ -64,6 +64,10 @@
 //!   original (reflink) or into holes need free space when the kernel
 //!   writes them back or faults them in; on a full filesystem the kernel
 //!   raises SIGBUS at the store, as for any shared file mapping.
+//! - A snapshot of a budge [`Store`](crate::Store) file takes a store
+//!   reader's lock for the copy, so it never catches a region move half-way;
+//!   [`Store::open_snapshot`](crate::Store::open_snapshot) opens one as a
+//!   store.
 //! - On filesystems that copy, a snapshot is consistent only if the file
 //!   does not change during the copy: budge compares the file's identity
 //!   before and after and copies again (up to 5 times) if it changed, then
@@ -309,6 +313,15 @@ fn open_source(op: &str, path: &Path) -> Result<File> {
         return Err(Error::new(ErrorKind::InvalidArgument, op.to_string())
             .with_path(path)
             .with_hint("not a regular file"));
+    }
+    // A budge store: take a reader's lock (released when `f` is closed,
+    // after the copy) so the copy never catches a region move half-way.
+    let mut magic = [0u8; 8];
+    if std::os::unix::fs::FileExt::read_exact_at(&f, &mut magic, 0).is_ok()
+        && crate::store::format::has_magic(&magic)
+    {
+        sys::lock::ofd_lock(&f, 0, 1, sys::lock::LockKind::Shared, true)
+            .map_err(|e| os(op, path, "fcntl(F_OFD_SETLKW)", e))?;
     }
     Ok(f)
 }
