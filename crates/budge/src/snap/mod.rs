@@ -49,7 +49,7 @@
 //! - [`SnapshotMut::commit_and_close`] publishes the snapshot's own file:
 //!   O(1) on every filesystem.
 //! - with [`OnConflict::Refuse`], a commit fails with
-//!   [`ErrorKind::Conflict`](crate::ErrorKind::Conflict), touching nothing,
+//!   [`ErrorKind::Conflict`], touching nothing,
 //!   when the file at the path is no longer the version the snapshot was
 //!   taken from (written, truncated, chmod-ed, replaced or deleted: any
 //!   change of inode, size, mtime or ctime). budge committers to one path
