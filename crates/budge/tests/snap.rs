@@ -381,3 +381,31 @@ fn errors_name_file_and_operation() {
     let e = SnapshotMut::open("/").unwrap_err();
     assert!(e.to_string().contains("not a regular file"), "{e}");
 }
+
+fs_test!(copies_report_progress, |fs: &TestFs| {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let path = fs.path("p");
+    let d = data(24 << 20, 6);
+    std::fs::write(&path, &d).unwrap();
+    for strategy in [Strategy::KernelCopy, Strategy::UserCopy] {
+        let (done, total, calls) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+        let cb = |d: u64, t: u64| {
+            calls.fetch_add(1, Ordering::Relaxed);
+            done.fetch_max(d, Ordering::Relaxed);
+            total.store(t, Ordering::Relaxed);
+        };
+        let opts = SnapOptions {
+            strategy: Some(strategy),
+            progress: Some(&cb),
+            ..SnapOptions::default()
+        };
+        let s = Snapshot::open_with(&path, &opts).unwrap();
+        assert!(s[..] == d[..]);
+        assert!(
+            calls.load(Ordering::Relaxed) >= 1,
+            "{strategy}: no progress calls"
+        );
+        assert_eq!(total.load(Ordering::Relaxed), d.len() as u64, "{strategy}");
+        assert_eq!(done.load(Ordering::Relaxed), d.len() as u64, "{strategy}");
+    }
+});

@@ -12,18 +12,32 @@
 //! RAM or swap, the whole file's size), and a read-only snapshot's memfd is
 //! sealed against any change.
 //!
-//! ```no_run
-//! use budge::snap::{Snapshot, SnapshotMut};
+//! ```
+//! use budge::snap::{OnConflict, SnapOptions, Snapshot, SnapshotMut};
 //!
-//! let snap = Snapshot::open("data.bin")?;          // O(1) on XFS and btrfs
-//! let first = snap[0];                              // never changes under us
+//! # let dir = tempfile::tempdir()?;
+//! # let path = dir.path().join("data.bin");
+//! std::fs::write(&path, b"hello, world")?;
 //!
-//! let mut m = SnapshotMut::open("data.bin")?;
-//! m[0] = first.wrapping_add(1);
-//! m.resize(1 << 20)?;                               // grow (or shrink)
+//! let snap = Snapshot::open(&path)?;                // O(1) on XFS and btrfs
+//! std::fs::write(&path, b"changed under it")?;
+//! assert_eq!(&snap[..], b"hello, world");            // never changes under us
+//!
+//! let mut m = SnapshotMut::open(&path)?;           // "changed under it"
+//! m[0] = b'C';
+//! m.resize(6)?;                                     // grow or shrink
 //! let report = m.commit()?;                         // atomic and durable
-//! println!("committed {} bytes by {}", report.len, report.strategy);
-//! # Ok::<(), budge::Error>(())
+//! assert_eq!(std::fs::read(&path)?, b"Change");
+//! assert_eq!(report.len, 6);
+//!
+//! // Optimistic concurrency: refuse to overwrite someone else's change.
+//! let opts = SnapOptions { on_conflict: OnConflict::Refuse, ..Default::default() };
+//! let mut m = SnapshotMut::open_with(&path, &opts)?;
+//! std::fs::write(&path, b"theirs")?;
+//! m[0] = b'J';
+//! assert_eq!(m.commit().unwrap_err().kind(), budge::ErrorKind::Conflict);
+//! assert_eq!(std::fs::read(&path)?, b"theirs");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
 //! # Commit
