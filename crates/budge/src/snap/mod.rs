@@ -726,7 +726,10 @@ impl SnapshotMut {
     /// in memory).
     ///
     /// # Errors
-    /// As for [`SnapshotMut::commit`].
+    /// As for [`SnapshotMut::commit`]. The snapshot is consumed either way:
+    /// on an error (a conflict, say) its changes are gone, while the file
+    /// at the path is untouched. Where that matters, use
+    /// [`commit`](SnapshotMut::commit), which keeps the snapshot on error.
     pub fn commit_and_close(mut self) -> Result<CommitReport> {
         if self.report.backing == Backing::Memory {
             return self.commit();

@@ -26,7 +26,7 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::io::ErrorKind as IoKind;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -87,7 +87,13 @@ fn umask() -> u32 {
 /// is there.
 fn lock_current(op: &str, path: &Path) -> Result<Option<File>> {
     for _ in 0..100 {
-        let f = match File::open(path) {
+        // O_NONBLOCK: a FIFO at the path must not hang the commit (the
+        // rename then fails on it, or replaces it, as rename does).
+        let f = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+        {
             Ok(f) => f,
             Err(e) if e.kind() == IoKind::NotFound => return Ok(None),
             Err(e) => return Err(os(op, path, "open", e)),
