@@ -287,7 +287,7 @@ fn fill(
     };
     for attempt in 1..=COPY_ATTEMPTS {
         let (before, _) = meta::identity(src).map_err(|e| os(op, path, "fstat", e))?;
-        let r = copy_file(src, dst, &copy_opts).map_err(|e| e.with_op(op).with_path(path))?;
+        let r = copy_file(src, dst, &copy_opts).map_err(|e| private_copy_failed(e, op, path))?;
         let (after, _) = meta::identity(src).map_err(|e| os(op, path, "fstat", e))?;
         report.attempts = attempt;
         report.strategy = if before.size == 0 {
@@ -315,6 +315,21 @@ fn fill(
         .with_hint(format!(
             "the file changed during each of {COPY_ATTEMPTS} copies, so no consistent snapshot could be made (reflinks would make it atomic)"
         )))
+}
+
+/// A copy into a private unnamed file failed: say so, since the copy
+/// layer's message about "destination bytes" would read as if `path` were
+/// damaged.
+fn private_copy_failed(e: Error, op: &str, path: &Path) -> Error {
+    let what = if e.kind() == ErrorKind::NoSpace {
+        "no space for the copy"
+    } else {
+        "the copy failed"
+    };
+    e.with_op(op).with_path(path).with_hint(format!(
+        "{what}; it went to a new unnamed file, now discarded: {} is unchanged",
+        path.display()
+    ))
 }
 
 fn open_source(op: &str, path: &Path) -> Result<File> {
@@ -704,7 +719,7 @@ impl SnapshotMut {
             progress: None,
         };
         let r = copy_file(&self.file, &content, &copy_opts)
-            .map_err(|e| e.with_op(op).with_path(&self.path))?;
+            .map_err(|e| private_copy_failed(e, op, &self.path))?;
         let replaced = self.path.exists();
         let id = publish(op, &content, &self.path, self.expected())?;
         self.expect = Expect::Version(id);

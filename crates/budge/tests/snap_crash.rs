@@ -1,0 +1,896 @@
+//! Crash atomicity and durability of snapshot commits.
+//!
+//! A worker process (this test binary re-executed) commits a stream of
+//! self-describing versions of one file (every 4 KiB page stamped with the
+//! version, its length and the page number; sizes go up and down) with
+//! `commit`, `commit_and_close`, both `OnConflict` modes and in-memory
+//! snapshots, announcing each commit before (`begin V`) and after (`done
+//! V`) it. The parent crashes it at a random point and checks that the path
+//! holds exactly one complete version, no older than the last commit that
+//! had returned before the crash and no newer than the last one begun, and
+//! that `cleanup` (or the next `SnapshotMut::open`) removes every
+//! `.NAME.budge-commit.*` file the crash left, leaving nothing else.
+//!
+//! - `shutdown_xfs`, `shutdown_ext4`: a private loop-mounted filesystem
+//!   (`crash/loopfs.rs`) is shut down with `FS_IOC_SHUTDOWN` without log
+//!   flush (like a power cut), the worker is killed, and the filesystem is
+//!   unmounted and mounted again (log recovery). A shutdown is not one
+//!   instant: a commit that returned after it began may or may not have
+//!   reached the disk, so only commits whose return was seen before it
+//!   count as durable. Root only; a loud skip otherwise, a failure under
+//!   `CI=true`.
+//! - `kill9_*`: SIGKILL, on every filesystem of the matrix. Without a
+//!   shutdown the page cache survives, so every commit the worker reported
+//!   done must be there.
+//!
+//! With the `failpoints` feature some rounds make the worker sleep at
+//! `budge::snap::before-rename` (the temporary file is linked, not yet
+//! renamed) and crash it there, so clean-up is exercised every run.
+//!
+//! Environment: `BUDGE_CRASH_ITERS` rounds per test (default 20);
+//! `BUDGE_CRASH_SEED` reuses a seed (sizes, methods and crash points; not
+//! the timing); `BUDGE_CRASH_VERBOSE` logs every round.
+
+mod common;
+#[path = "crash/loopfs.rs"]
+mod loopfs;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use budge::snap::{self, OnConflict, SnapOptions, SnapshotMut};
+use budge::sys::{fs_shutdown, ShutdownMode};
+use common::TestFs;
+use loopfs::LoopFs;
+
+// ---------------------------------------------------------------------------
+// Self-describing versions (as in tests/snap_procs.rs).
+
+const PAGE: usize = 4096;
+const HEADER: usize = 24;
+
+fn fill_byte(v: u64) -> u8 {
+    (v % 251) as u8 + 1
+}
+
+fn fill_version(buf: &mut [u8], v: u64) {
+    let len = buf.len() as u64;
+    let b = fill_byte(v);
+    for (p, page) in buf.chunks_mut(PAGE).enumerate() {
+        assert!(page.len() >= HEADER);
+        page[0..8].copy_from_slice(&v.to_le_bytes());
+        page[8..16].copy_from_slice(&len.to_le_bytes());
+        page[16..24].copy_from_slice(&(p as u64).to_le_bytes());
+        page[HEADER..].fill(b);
+    }
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+}
+
+/// The version `buf` holds, if it is exactly one complete version.
+fn check_version(buf: &[u8]) -> Result<u64, String> {
+    if buf.len() < HEADER {
+        return Err(format!("{} bytes: shorter than a header", buf.len()));
+    }
+    let (v, len) = (u64_at(buf, 0), u64_at(buf, 8));
+    if len != buf.len() as u64 {
+        return Err(format!(
+            "version {v} is {len} bytes long but the file has {}",
+            buf.len()
+        ));
+    }
+    let fill = vec![fill_byte(v); PAGE];
+    for (p, page) in buf.chunks(PAGE).enumerate() {
+        let (pv, pl, pp) = (u64_at(page, 0), u64_at(page, 8), u64_at(page, 16));
+        if (pv, pl, pp) != (v, len, p as u64) {
+            return Err(format!(
+                "page {p} says version {pv}, length {pl}, page {pp}; page 0 says version {v}, length {len}"
+            ));
+        }
+        if page[HEADER..] != fill[..page.len() - HEADER] {
+            return Err(format!(
+                "page {p} of version {v}: body is not version {v}'s"
+            ));
+        }
+    }
+    Ok(v)
+}
+
+/// Version `v`'s length: derived from the version, so the parent knows it.
+fn version_len(v: u64) -> usize {
+    let mut r = Rng(v ^ 0x5EED);
+    let pages = if r.chance(20) {
+        r.range(1, 4)
+    } else {
+        r.range(1, 513)
+    } as usize;
+    let tail = if r.chance(50) {
+        0
+    } else {
+        r.range(HEADER as u64, PAGE as u64) as usize
+    };
+    pages * PAGE + tail
+}
+
+// ---------------------------------------------------------------------------
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi - lo)
+    }
+    fn chance(&mut self, pct: u64) -> bool {
+        self.below(100) < pct
+    }
+    /// Log-uniform in `[lo, hi)`.
+    fn log_range(&mut self, lo: u64, hi: u64) -> u64 {
+        let (a, b) = ((lo as f64).ln(), (hi as f64).ln());
+        let x = a + (b - a) * (self.below(1 << 20) as f64 / f64::from(1 << 20));
+        (x.exp() as u64).clamp(lo, hi - 1)
+    }
+}
+
+fn iters(default: u64) -> u64 {
+    std::env::var("BUDGE_CRASH_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn seed(label: &str) -> u64 {
+    let s = std::env::var("BUDGE_CRASH_SEED")
+        .ok()
+        .and_then(|v| match v.strip_prefix("0x") {
+            Some(h) => u64::from_str_radix(h, 16).ok(),
+            None => v.parse().ok(),
+        })
+        .unwrap_or_else(|| {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64;
+            let h = Rng(t ^ u64::from(std::process::id())).next();
+            label.bytes().fold(h, |h, b| Rng(h ^ u64::from(b)).next())
+        });
+    eprintln!("{label}: seed {s:#x} (BUDGE_CRASH_SEED={s:#x} reproduces it)");
+    s
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+fn verbose() -> bool {
+    std::env::var_os("BUDGE_CRASH_VERBOSE").is_some()
+}
+
+/// Sleeps `d` (spinning below 2 ms, for precision).
+fn pause(d: Duration) {
+    if d >= Duration::from_millis(2) {
+        std::thread::sleep(d);
+    } else {
+        let t = Instant::now();
+        while t.elapsed() < d {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The worker.
+
+const WORKER_ENV: &str = "BUDGE_SNAP_CRASH_WORKER";
+const WORKER_TEST: &str = "snap_crash_worker";
+const MARK: &str = "budge::snap::before-rename";
+
+fn say(line: &str) {
+    let mut o = std::io::stdout().lock();
+    let _ = writeln!(o, "@@ {line}");
+    let _ = o.flush();
+}
+
+/// The worker: runs only when re-executed by a crash test. Commits versions
+/// `BASE+1 ..= BASE+COUNT` of the file at its path.
+#[test]
+fn snap_crash_worker() {
+    let Ok(path) = std::env::var(WORKER_ENV) else {
+        return;
+    };
+    let path = PathBuf::from(path);
+    let var = |k: &str| -> u64 {
+        std::env::var(k)
+            .unwrap_or_else(|_| panic!("worker needs {k}"))
+            .parse()
+            .unwrap()
+    };
+    let (seed, base, count, sleep_ms) = (
+        var("BUDGE_SNAPC_SEED"),
+        var("BUDGE_SNAPC_BASE"),
+        var("BUDGE_SNAPC_COUNT"),
+        var("BUDGE_SNAPC_SLEEP_MS"),
+    );
+    let _scenario = fail::FailScenario::setup();
+    fail::cfg_callback(MARK, move || {
+        say("mark before-rename");
+        if sleep_ms > 0 {
+            std::thread::sleep(Duration::from_millis(sleep_ms));
+        }
+    })
+    .unwrap();
+    let mut rng = Rng(seed);
+    let mut cur: Option<SnapshotMut> = None;
+    say("opening");
+    for v in base + 1..=base + count {
+        let on_conflict = if rng.chance(50) {
+            OnConflict::Refuse
+        } else {
+            OnConflict::Overwrite
+        };
+        let in_memory = rng.chance(15);
+        let close = rng.chance(35);
+        let mut m = match cur.take() {
+            Some(m) => m,
+            None => {
+                let opts = SnapOptions {
+                    on_conflict,
+                    in_memory,
+                    ..SnapOptions::default()
+                };
+                let m = match SnapshotMut::open_with(&path, &opts) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        say(&format!("error open {e}"));
+                        std::process::exit(3);
+                    }
+                };
+                for c in &m.report().cleaned {
+                    say(&format!("cleaned {}", c.display()));
+                }
+                if v == base + 1 {
+                    // What the parent verified must be what we start from.
+                    match check_version(&m) {
+                        Ok(w) if w == base => {}
+                        r => {
+                            say(&format!(
+                                "error start: expected version {base}, found {r:?}"
+                            ));
+                            std::process::exit(3);
+                        }
+                    }
+                    say("opened");
+                }
+                m
+            }
+        };
+        if m.resize(version_len(v) as u64).is_err() {
+            say(&format!("error {v} resize"));
+            std::process::exit(2);
+        }
+        fill_version(&mut m, v);
+        let how = format!(
+            "{}{}",
+            if close { "commit_and_close" } else { "commit" },
+            if m.report().backing == snap::Backing::Memory {
+                "-memory"
+            } else {
+                ""
+            }
+        );
+        say(&format!("begin {v} {how}"));
+        let r = if close {
+            m.commit_and_close()
+        } else {
+            let r = m.commit();
+            cur = Some(m);
+            r
+        };
+        match r {
+            Ok(_) => say(&format!("done {v}")),
+            Err(e) => {
+                say(&format!("error {v} {e}"));
+                std::process::exit(2);
+            }
+        }
+    }
+    say("finished");
+}
+
+fn worker_exe() -> &'static str {
+    static EXE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    EXE.get_or_init(|| {
+        use std::os::fd::{AsFd, IntoRawFd};
+        let f = File::open(std::env::current_exe().unwrap()).unwrap();
+        rustix::io::fcntl_setfd(f.as_fd(), rustix::io::FdFlags::empty()).unwrap();
+        format!("/proc/self/fd/{}", f.into_raw_fd())
+    })
+}
+
+struct Worker {
+    child: std::process::Child,
+    rx: Receiver<(Instant, String)>,
+    lines: Vec<(Instant, String)>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+    eof: bool,
+}
+
+impl Worker {
+    fn spawn(path: &Path, seed: u64, base: u64, count: u64, sleep_ms: u64) -> Worker {
+        let mut child = Command::new(worker_exe())
+            .args(["--exact", WORKER_TEST, "--nocapture", "--test-threads=1"])
+            .env(WORKER_ENV, path)
+            .env("BUDGE_SNAPC_SEED", seed.to_string())
+            .env("BUDGE_SNAPC_BASE", base.to_string())
+            .env("BUDGE_SNAPC_COUNT", count.to_string())
+            .env("BUDGE_SNAPC_SLEEP_MS", sleep_ms.to_string())
+            .env_remove("FAILPOINTS")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn worker");
+        let out = child.stdout.take().unwrap();
+        let mut err = child.stderr.take().unwrap();
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines() {
+                let Ok(l) = l else { break };
+                if let Some(rest) = l.strip_prefix("@@ ") {
+                    if tx.send((Instant::now(), rest.to_string())).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        });
+        Worker {
+            child,
+            rx,
+            lines: Vec::new(),
+            stderr: Some(stderr),
+            eof: false,
+        }
+    }
+
+    /// Reads lines until one satisfies `pred` (true), the output ends or
+    /// `deadline` (false).
+    fn wait_for(&mut self, deadline: Instant, mut pred: impl FnMut(&str) -> bool) -> bool {
+        while !self.eof {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            match self.rx.recv_timeout(deadline - now) {
+                Ok((t, l)) => {
+                    let hit = pred(&l);
+                    self.lines.push((t, l));
+                    if hit {
+                        return true;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => return false,
+                Err(RecvTimeoutError::Disconnected) => self.eof = true,
+            }
+        }
+        false
+    }
+
+    fn exited(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_some()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+    }
+
+    /// Waits for the worker to end (killed after 60 s): its lines, status
+    /// and stderr.
+    fn finish(mut self) -> (Vec<(Instant, String)>, ExitStatus, String) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        while let Ok(l) = self.rx.recv() {
+            self.lines.push(l);
+        }
+        let err = self.stderr.take().unwrap().join().unwrap_or_default();
+        (std::mem::take(&mut self.lines), status, err)
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if !self.exited() {
+            self.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The parent.
+
+/// Where a round crashes the worker.
+#[derive(Debug)]
+enum Trigger {
+    /// `delay` after it announces commit number `k` (of this round).
+    Begin(u64, Duration),
+    /// `delay` after commit number `k` returns.
+    Done(u64, Duration),
+    /// `delay` after it opened the file.
+    Time(Duration),
+    /// `delay` into its sleep at the failpoint before the rename, in commit
+    /// number `k` or later.
+    Mark(u64, Duration),
+}
+
+#[derive(Default)]
+struct Stats(BTreeMap<String, u64>);
+
+impl Stats {
+    fn add(&mut self, k: impl Into<String>) {
+        *self.0.entry(k.into()).or_default() += 1;
+    }
+    fn get(&self, k: &str) -> u64 {
+        self.0.get(k).copied().unwrap_or(0)
+    }
+}
+
+struct Session {
+    label: String,
+    seed: u64,
+    path: PathBuf,
+    /// The version the path holds (verified).
+    version: u64,
+    stats: Stats,
+    log: Vec<String>,
+    round: u64,
+}
+
+impl Session {
+    fn new(label: String, path: PathBuf) -> Session {
+        let seed = seed(&label);
+        let mut v0 = vec![0u8; version_len(0)];
+        fill_version(&mut v0, 0);
+        std::fs::write(&path, &v0).unwrap();
+        File::open(&path).unwrap().sync_all().unwrap();
+        File::open(path.parent().unwrap())
+            .unwrap()
+            .sync_all()
+            .unwrap();
+        Session {
+            label,
+            seed,
+            path,
+            version: 0,
+            stats: Stats::default(),
+            log: Vec::new(),
+            round: 0,
+        }
+    }
+
+    fn note(&mut self, s: String) {
+        if verbose() {
+            eprintln!("{} [{}] {s}", self.label, self.round);
+        }
+        self.log.push(format!("[{}] {s}", self.round));
+    }
+
+    fn fail(&self, msg: &str) -> ! {
+        let tail: Vec<&String> = self.log.iter().rev().take(60).rev().collect();
+        panic!(
+            "{}: round {}: {msg}\nseed {:#x} (BUDGE_CRASH_SEED={:#x})\nlog tail:\n  {}",
+            self.label,
+            self.round,
+            self.seed,
+            self.seed,
+            tail.iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("\n  ")
+        );
+    }
+
+    fn trigger(&self, rng: &mut Rng) -> Trigger {
+        let mode = rng.below(100);
+        if mode < 25 && cfg!(feature = "failpoints") {
+            Trigger::Mark(rng.below(4), Duration::from_micros(rng.range(0, 20_000)))
+        } else if mode < 60 {
+            Trigger::Begin(
+                rng.below(6),
+                Duration::from_micros(rng.log_range(1, 30_000)),
+            )
+        } else if mode < 80 {
+            Trigger::Done(rng.below(6), Duration::from_micros(rng.log_range(1, 3_000)))
+        } else {
+            Trigger::Time(Duration::from_micros(rng.range(0, 200_000)))
+        }
+    }
+
+    /// Reads the worker's lines until `t` fires (or it ends / 60 s pass).
+    fn fire(&self, w: &mut Worker, t: &Trigger) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let base = self.version;
+        let nth = |l: &str, word: &str, k: u64| -> bool {
+            l.strip_prefix(word)
+                .and_then(|r| r.split(' ').next())
+                .and_then(|v| v.parse::<u64>().ok())
+                .is_some_and(|v| v > base + k)
+        };
+        if !w.wait_for(deadline, |l| l == "opened" || l.starts_with("error")) {
+            return;
+        }
+        let (hit, delay) = match *t {
+            Trigger::Time(d) => (true, d),
+            Trigger::Begin(k, d) => (w.wait_for(deadline, |l| nth(l, "begin ", k)), d),
+            Trigger::Done(k, d) => (w.wait_for(deadline, |l| nth(l, "done ", k)), d),
+            Trigger::Mark(k, d) => {
+                let mut armed = false;
+                let hit = w.wait_for(deadline, |l| {
+                    armed |= nth(l, "begin ", k.saturating_sub(1));
+                    armed && l == "mark before-rename"
+                });
+                (hit, d)
+            }
+        };
+        if hit {
+            // Keep draining lines while we wait, with their times.
+            let until = Instant::now() + delay;
+            if delay >= Duration::from_millis(2) {
+                w.wait_for(until, |_| false);
+            } else {
+                pause(delay);
+            }
+        }
+    }
+
+    /// Runs one round: a worker, a crash by `crash`, the checks. `shutdown`:
+    /// `crash` shut the filesystem down (and `remount` brings it back).
+    fn round(
+        &mut self,
+        rng: &mut Rng,
+        shutdown: bool,
+        crash: &mut dyn FnMut(&Session, &mut Worker),
+        remount: &mut dyn FnMut(&Session),
+    ) {
+        let t = self.trigger(rng);
+        let sleep_ms = if matches!(t, Trigger::Mark(..)) {
+            40
+        } else {
+            0
+        };
+        let wseed = rng.next();
+        self.note(format!(
+            "round from version {}: {t:?}, worker seed {wseed:#x}",
+            self.version
+        ));
+        let mut w = Worker::spawn(&self.path, wseed, self.version, 100_000, sleep_ms);
+        self.fire(&mut w, &t);
+        if shutdown && matches!(t, Trigger::Mark(..)) && rng.chance(60) {
+            // Force the log while the worker sleeps between the link and
+            // the rename, so the temporary name survives the shutdown.
+            let d = File::open(self.path.parent().unwrap()).unwrap();
+            rustix::fs::syncfs(&d).unwrap();
+            self.stats
+                .add("syncfs at the failpoint before the shutdown");
+        }
+        let alive = !w.exited();
+        let down = Instant::now();
+        crash(self, &mut w);
+        w.kill();
+        let (lines, status, stderr) = w.finish();
+        remount(self);
+        for (at, l) in &lines {
+            let when = if *at < down { "before" } else { "after" };
+            self.log
+                .push(format!("[{}] worker ({when}): {l}", self.round));
+        }
+        // How the worker ended: killed; or, after a shutdown, stopped at
+        // an error or by SIGBUS (its mapping is on the dead filesystem).
+        let ok_exit = status.signal() == Some(libc::SIGKILL)
+            || (shutdown && alive && matches!(status.code(), Some(2 | 3)))
+            || (shutdown && alive && status.signal() == Some(libc::SIGBUS));
+        if !ok_exit {
+            self.fail(&format!("worker ended with {status}: {stderr}"));
+        }
+        if let Some(c) = status.code() {
+            self.stats.add(format!("worker exit: code {c}"));
+        } else if let Some(s) = status.signal() {
+            self.stats.add(format!("worker exit: signal {s}"));
+        }
+        // The commits: certain are those reported done (before the
+        // shutdown began, after one); the outcome may be any version from
+        // there up to the last one begun.
+        let mut certain = self.version;
+        let mut begun = self.version;
+        let mut opened = false;
+        let mut marks = 0;
+        let mut last_before = "nothing";
+        for (at, l) in &lines {
+            let before = *at < down;
+            let word = l.split(' ').next().unwrap();
+            let num = l.split(' ').nth(1).and_then(|v| v.parse::<u64>().ok());
+            if matches!(word, "begin" | "done") && num.is_none() {
+                self.fail(&format!("bad line {l:?}"));
+            }
+            let v = num.unwrap_or(0);
+            match word {
+                "opened" => opened = true,
+                "begin" => {
+                    if v != begun + 1 {
+                        self.fail(&format!("began {v} after {begun}"));
+                    }
+                    begun = v;
+                }
+                "done" => {
+                    if v != begun {
+                        self.fail(&format!("done {v} while {begun} was begun"));
+                    }
+                    if !shutdown || before {
+                        certain = v;
+                    }
+                }
+                "mark" => marks += 1,
+                "error" if shutdown && !before => {
+                    self.stats.add("worker error after the shutdown");
+                }
+                "error" => self.fail(&format!("worker: {l}")),
+                "cleaned" => self.fail(&format!(
+                    "the worker's open found strays the parent's clean-up left: {l}"
+                )),
+                _ => {}
+            }
+            if before {
+                last_before = match word {
+                    "opening" => "opening",
+                    "opened" => "before the first commit",
+                    "begin" => "inside a commit",
+                    "mark" => "at the failpoint before the rename",
+                    "done" => "between commits",
+                    _ => "after the worker ended",
+                };
+            }
+        }
+        if !opened && alive {
+            self.stats.add("crash before the worker opened the file");
+        }
+        self.stats.add(format!("crash point: {last_before}"));
+        if matches!(t, Trigger::Mark(..)) && marks > 0 {
+            self.stats.add("crash at the failpoint");
+        }
+        // The file: exactly one complete version in [certain, begun].
+        let got = match std::fs::read(&self.path) {
+            Ok(b) => check_version(&b),
+            Err(e) => Err(format!("read: {e}")),
+        };
+        let v = match got {
+            Ok(v) => v,
+            Err(e) => self.fail(&format!(
+                "the path does not hold one complete version: {e} (certain {certain}, begun {begun})"
+            )),
+        };
+        if v < certain || v > begun {
+            self.fail(&format!(
+                "the path holds version {v}; expected one in [{certain}, {begun}] (the last commit returned before the crash, the last begun)"
+            ));
+        }
+        self.stats.add(match (v == certain, begun == certain) {
+            (true, true) => "outcome: nothing in flight",
+            (true, false) => "outcome: the interrupted commit did not happen",
+            (false, _) if v == begun => "outcome: the last commit begun is there",
+            _ => "outcome: an uncertain earlier commit is there",
+        });
+        self.note(format!(
+            "{status}; found version {v}, certain {certain}, begun {begun}, crash point {last_before}"
+        ));
+        self.check_strays(rng, v, begun);
+        self.version = v;
+        self.stats.add("rounds verified");
+    }
+
+    /// The crash's leftovers: only `.NAME.budge-commit.*` files, each a
+    /// complete version that was begun; clean-up removes all of them.
+    /// `found`: the version at the path; `begun`: the last one begun.
+    fn check_strays(&mut self, rng: &mut Rng, found: u64, begun: u64) {
+        let dir = self.path.parent().unwrap().to_path_buf();
+        let name = self
+            .path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let prefix = format!(".{name}.budge-commit.");
+        let mut strays = Vec::new();
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let n = e.unwrap().file_name().to_string_lossy().into_owned();
+            if n == name || n == "lost+found" {
+                continue;
+            }
+            if !n.starts_with(&prefix) {
+                self.fail(&format!("unexpected file {n} in {}", dir.display()));
+            }
+            let p = dir.join(&n);
+            // Linked after its fsync: a complete version that was begun and
+            // whose rename did not happen (or did not last): newer than the
+            // one at the path.
+            match std::fs::read(&p)
+                .map_err(|e| e.to_string())
+                .and_then(|b| check_version(&b))
+            {
+                Ok(v) if v > found && v <= begun => {
+                    self.note(format!("stray {n}: version {v}"));
+                }
+                r => self.fail(&format!(
+                    "stray {n} holds {r:?}, not a complete version in ({found}, {begun}]"
+                )),
+            }
+            strays.push(p);
+        }
+        strays.sort();
+        if !strays.is_empty() {
+            self.stats.add("rounds that left a stray temporary file");
+        }
+        let mut cleaned = if rng.chance(50) {
+            snap::cleanup(&self.path).unwrap_or_else(|e| self.fail(&format!("cleanup: {e}")))
+        } else {
+            // The next writable snapshot cleans up first.
+            let m = SnapshotMut::open(&self.path)
+                .unwrap_or_else(|e| self.fail(&format!("SnapshotMut::open: {e}")));
+            m.report().cleaned.clone()
+        };
+        cleaned.sort();
+        if cleaned != strays {
+            self.fail(&format!("cleaned {cleaned:?}; the strays were {strays:?}"));
+        }
+        let left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&prefix))
+            .collect();
+        if !left.is_empty() {
+            self.fail(&format!("strays remain after clean-up: {left:?}"));
+        }
+    }
+
+    fn report(&self, elapsed: Duration) {
+        let mut s = format!(
+            "{}: {} rounds in {:.1} s (seed {:#x}), at version {}:",
+            self.label,
+            self.get("rounds verified"),
+            elapsed.as_secs_f64(),
+            self.seed,
+            self.version
+        );
+        for (k, n) in &self.stats.0 {
+            s.push_str(&format!("\n  {k}: {n}"));
+        }
+        eprintln!("{s}");
+    }
+
+    fn get(&self, k: &str) -> u64 {
+        self.stats.get(k)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// kill -9, on every filesystem.
+
+fn kill_test(fs: &TestFs) {
+    let mut sess = Session::new(
+        format!("snapshot commit kill-9 {}", fs.kind),
+        fs.path("file"),
+    );
+    let mut rng = Rng(sess.seed);
+    let n = iters(20);
+    let t = Instant::now();
+    for it in 0..n {
+        sess.round = it;
+        sess.round(&mut rng, false, &mut |_, w| w.kill(), &mut |_| {});
+    }
+    sess.report(t.elapsed());
+    assert_eq!(sess.get("rounds verified"), n);
+    if cfg!(feature = "failpoints") && n >= 20 {
+        assert!(
+            sess.get("rounds that left a stray temporary file") > 0,
+            "{}: no kill at the failpoint left a stray (seed {:#x})",
+            sess.label,
+            sess.seed
+        );
+    }
+}
+
+fs_test!(kill9_during_commits, kill_test);
+
+// ---------------------------------------------------------------------------
+// Filesystem shutdown on a private XFS or ext4.
+
+fn shutdown_test(kind: &'static str) {
+    if let Some(why) = loopfs::unavailable(kind) {
+        if in_ci() {
+            panic!("snapshot shutdown test on {kind} cannot run under CI: {why}");
+        }
+        eprintln!("SKIPPED snapshot shutdown test on {kind}: {why}");
+        return;
+    }
+    let mut fs = match LoopFs::new(kind, 1 << 30) {
+        Ok(fs) => fs,
+        Err(e) if in_ci() => panic!("loop {kind} filesystem: {e}"),
+        Err(e) => {
+            eprintln!("SKIPPED snapshot shutdown test on {kind}: loop filesystem: {e}");
+            return;
+        }
+    };
+    let dir = fs.path().join("d");
+    std::fs::create_dir(&dir).unwrap();
+    let mut sess = Session::new(format!("snapshot commit shutdown {kind}"), dir.join("file"));
+    let mut rng = Rng(sess.seed);
+    let n = iters(20);
+    let t = Instant::now();
+    let mnt = fs.path().to_path_buf();
+    for it in 0..n {
+        sess.round = it;
+        let fs_ref = &mut fs;
+        sess.round(
+            &mut rng,
+            true,
+            &mut |s, _| {
+                let d = File::open(&mnt).unwrap();
+                if let Err(e) = fs_shutdown(&d, ShutdownMode::NoLogFlush) {
+                    s.fail(&format!("FS_IOC_SHUTDOWN on {}: {e}", mnt.display()));
+                }
+            },
+            &mut |s| {
+                if let Err(e) = fs_ref.cycle() {
+                    s.fail(&format!("remount after the shutdown: {e}"));
+                }
+            },
+        );
+    }
+    if let Some(e) = fs.fsck() {
+        eprintln!(
+            "WARNING: {}: fsck after the shutdowns complains: {e}",
+            sess.label
+        );
+        sess.stats.add(format!("FSCK COMPLAINED: {e}"));
+    }
+    sess.report(t.elapsed());
+    assert_eq!(sess.get("rounds verified"), n);
+}
+
+#[test]
+fn shutdown_xfs() {
+    shutdown_test("xfs");
+}
+
+#[test]
+fn shutdown_ext4() {
+    shutdown_test("ext4");
+}
