@@ -189,6 +189,22 @@ pub struct SnapReport {
     pub elapsed: Duration,
 }
 
+impl SnapReport {
+    /// Nothing copied yet.
+    fn empty(backing: Backing, note: Option<String>) -> SnapReport {
+        SnapReport {
+            strategy: Strategy::Nothing,
+            bytes_copied: 0,
+            bytes_cloned: 0,
+            backing,
+            attempts: 0,
+            note,
+            cleaned: Vec::new(),
+            elapsed: Duration::ZERO,
+        }
+    }
+}
+
 /// What a commit did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CommitReport {
@@ -366,16 +382,7 @@ pub(crate) fn private_copy(
 ) -> Result<(File, Identity, SnapReport)> {
     let start = Instant::now();
     let (file, backing, note) = private_file(op, path, dir, opts.in_memory, memory_ok)?;
-    let mut report = SnapReport {
-        strategy: Strategy::Nothing,
-        bytes_copied: 0,
-        bytes_cloned: 0,
-        backing,
-        attempts: 0,
-        note,
-        cleaned: Vec::new(),
-        elapsed: Duration::ZERO,
-    };
+    let mut report = SnapReport::empty(backing, note);
     let id = fill(op, path, src, &file, opts, &mut report)?;
     report.elapsed = start.elapsed();
     Ok((file, id, report))
@@ -594,14 +601,9 @@ impl SnapshotMut {
             opts_policy: opts.policy,
             on_conflict: opts.on_conflict,
             report: SnapReport {
-                strategy: Strategy::Nothing,
-                bytes_copied: 0,
-                bytes_cloned: 0,
-                backing,
-                attempts: 0,
-                note,
                 cleaned,
                 elapsed: start.elapsed(),
+                ..SnapReport::empty(backing, note)
             },
         })
     }
