@@ -320,16 +320,23 @@ fs_test!(snapshot_to_file_and_cleanup_of_strays, |fs: &TestFs| {
     std::fs::write(&src, b"v2").unwrap();
     snap::snapshot_to(&src, &out, true, &SnapOptions::default()).unwrap();
     assert_eq!(std::fs::read(&out).unwrap(), b"v2");
-    // A stray from a dead process is removed on the next open; one of a
-    // live process (ours) is left alone.
-    let dead = fs.path(".out.budge-commit.999999999.0");
-    let live = fs.path(&format!(".out.budge-commit.{}.77", std::process::id()));
-    std::fs::write(&dead, b"stray").unwrap();
-    std::fs::write(&live, b"in progress").unwrap();
+    // A stray (nobody holds its lock) is removed on the next open; a live
+    // one (locked, as a commit in progress holds it) is left alone, and a
+    // commit meanwhile says another commit is in progress.
+    let temp = fs.path(".out.budge-commit");
+    std::fs::write(&temp, b"in progress").unwrap();
+    let held = std::fs::File::open(&temp).unwrap();
+    rustix::fs::flock(&held, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap();
+    let mut m = SnapshotMut::open(&out).unwrap();
+    assert!(m.report().cleaned.is_empty());
+    assert!(temp.exists());
+    let e = m.commit().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Locked, "{e}");
+    assert_eq!(std::fs::read(&out).unwrap(), b"v2");
+    drop(held);
     let m = SnapshotMut::open(&out).unwrap();
-    assert_eq!(m.report().cleaned, vec![dead.clone()]);
-    assert!(!dead.exists());
-    assert!(live.exists());
+    assert_eq!(m.report().cleaned, vec![temp.clone()]);
+    assert!(!temp.exists());
 });
 
 fs_test!(symlink_commits_go_to_the_target, |fs: &TestFs| {

@@ -254,10 +254,6 @@ fn private_file(
     if in_memory {
         return memfd("in memory as asked".into());
     }
-    // What the filesystem can do is cached per filesystem; the copy below
-    // looks it up by the private file, which has no directory to probe.
-    // A directory that cannot be probed (not writable) falls to memory.
-    let _ = crate::probe(dir);
     match sys::open_tmpfile(dir) {
         Ok(f) => Ok((f, Backing::TmpFile, None)),
         Err(e)
@@ -303,7 +299,8 @@ fn fill(
     };
     for attempt in 1..=COPY_ATTEMPTS {
         let (before, _) = meta::identity(src).map_err(|e| os(op, path, "fstat", e))?;
-        let r = copy_file(src, dst, &copy_opts).map_err(|e| private_copy_failed(e, op, path))?;
+        let r =
+            clone_or_copy(src, dst, &copy_opts).map_err(|e| private_copy_failed(e, op, path))?;
         let (after, _) = meta::identity(src).map_err(|e| os(op, path, "fstat", e))?;
         report.attempts = attempt;
         report.strategy = if before.size == 0 {
@@ -333,14 +330,38 @@ fn fill(
         )))
 }
 
+/// FICLONE tried directly (no capability probe: a probe costs ~100 ms and
+/// fsyncs on its first use in a process), then the sparse copy.
+fn clone_or_copy(
+    src: &File,
+    dst: &File,
+    opts: &CopyOptions<'_>,
+) -> Result<crate::copy::CopyReport> {
+    if matches!(opts.strategy, None | Some(Strategy::Reflink)) {
+        match crate::copy::clone_file(src, dst) {
+            Ok(r) => return Ok(r),
+            Err(e)
+                if opts.strategy == Some(Strategy::Reflink)
+                    || opts.policy == Policy::MetadataOnly =>
+            {
+                return Err(e
+                    .with_kind(ErrorKind::Unsupported)
+                    .with_hint("the filesystem cannot reflink this file here; allow copying"))
+            }
+            Err(_) => {}
+        }
+    }
+    copy_file(src, dst, opts)
+}
+
 /// A copy into a private unnamed file failed: say so, since the copy
 /// layer's message about "destination bytes" would read as if `path` were
 /// damaged.
 fn private_copy_failed(e: Error, op: &str, path: &Path) -> Error {
-    let what = if e.kind() == ErrorKind::NoSpace {
-        "no space for the copy"
-    } else {
-        "the copy failed"
+    let what = match e.kind() {
+        ErrorKind::NoSpace => "no space for the copy",
+        ErrorKind::Io | ErrorKind::PartiallyApplied => "the copy failed",
+        _ => return e.with_op(op).with_path(path),
     };
     e.with_op(op).with_path(path).with_hint(format!(
         "{what}; it went to a new unnamed file, now discarded: {} is unchanged",
@@ -720,7 +741,7 @@ impl SnapshotMut {
             strategy: None,
             progress: None,
         };
-        let r = copy_file(&self.file, &content, &copy_opts)
+        let r = clone_or_copy(&self.file, &content, &copy_opts)
             .map_err(|e| private_copy_failed(e, op, &self.path))?;
         let replaced = self.path.exists();
         let id = publish(op, &content, &self.path, self.expected())?;

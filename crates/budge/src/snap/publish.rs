@@ -12,23 +12,21 @@
 //!    snapshot was taken from;
 //! 2. gives the new file the old one's mode, owner and extended attributes;
 //! 3. `fsync`s it (data, size and metadata);
-//! 4. links it under a temporary name `.NAME.budge-commit.PID.N` in the
-//!    same directory;
+//! 4. links it under the temporary name `.NAME.budge-commit` in the same
+//!    directory, holding a `flock` on it;
 //! 5. `rename`s that over the path (atomic: an opener sees the whole old or
 //!    the whole new file);
 //! 6. `fsync`s the directory (the rename is durable).
 //!
 //! A crash before 4 leaves nothing (the kernel frees unnamed files); between
-//! 4 and 5 a complete temporary file whose owner is dead, which [`cleanup`]
-//! removes on the next open; after 5 the new version, durable after 6.
+//! 4 and 5 a complete temporary file that nobody holds locked, which
+//! [`cleanup`] removes on the next open; after 5 the new version, durable after 6.
 
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::ErrorKind as IoKind;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::sys::meta::{self, Identity};
@@ -57,12 +55,16 @@ pub(crate) fn dir_of(path: &Path) -> PathBuf {
     }
 }
 
-fn temp_prefix(path: &Path) -> Option<OsString> {
+/// The one temporary name commits to `path` use: `.NAME.budge-commit`.
+/// Committers to one path take turns (the lock on the file there), and
+/// the committer holds a `flock` on the temporary file while it has the
+/// name, so a name whose file is not locked is a stray.
+fn temp_name(path: &Path) -> Option<PathBuf> {
     let name = path.file_name()?;
     let mut s = OsString::from(".");
     s.push(name);
-    s.push(".budge-commit.");
-    Some(s)
+    s.push(".budge-commit");
+    Some(dir_of(path).join(s))
 }
 
 fn os(op: &str, path: &Path, call: &'static str, e: std::io::Error) -> Error {
@@ -172,8 +174,6 @@ fn copy_metadata(op: &str, path: &Path, from: &File, to: &File) -> Result<()> {
     Ok(())
 }
 
-static SEQ: AtomicU64 = AtomicU64::new(0);
-
 /// Publishes `content` (an unnamed file on `path`'s filesystem) at `path`
 /// with the protocol in the module docs. Returns the identity of the file
 /// now at `path`.
@@ -221,25 +221,29 @@ pub(crate) fn publish(op: &str, content: &File, path: &Path, expect: Expect) -> 
         None => meta::fchmod(content, 0o666 & !umask()).map_err(|e| os(op, path, "fchmod", e))?,
     }
     sys::fsync(content).map_err(|e| os(op, path, "fsync", e))?;
-    let prefix = temp_prefix(path).ok_or_else(|| {
+    let temp = temp_name(path).ok_or_else(|| {
         Error::new(ErrorKind::InvalidArgument, op.to_string())
             .with_path(path)
             .with_hint("the path has no file name")
     })?;
-    let temp = loop {
-        let mut name = prefix.clone();
-        name.push(format!(
-            "{}.{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let temp = dir.join(name);
+    // Held until `content` is closed: marks the temporary name as live.
+    sys::try_lock(content, true).map_err(|e| os(op, path, "flock", e))?;
+    loop {
         match sys::link_tmpfile(content, &temp) {
-            Ok(()) => break temp,
-            Err(e) if e.kind() == IoKind::AlreadyExists => continue,
+            Ok(()) => break,
+            Err(e) if e.kind() == IoKind::AlreadyExists => {
+                if !remove_stale(op, &temp)? {
+                    return Err(Error::new(ErrorKind::Locked, op.to_string())
+                        .with_path(path)
+                        .with_hint(format!(
+                            "another commit to this path is in progress ({} exists and is locked)",
+                            temp.display()
+                        )));
+                }
+            }
             Err(e) => return Err(os(op, path, "linkat", e)),
         }
-    };
+    }
     fail::fail_point!("budge::snap::before-rename", |_| {
         Err(Error::new(ErrorKind::Io, op.to_string())
             .with_path(path)
@@ -264,55 +268,59 @@ fn conflict(op: &str, path: &Path, what: &str) -> Error {
         ))
 }
 
-fn pid_alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+/// Removes `temp` if it is a stray (nobody holds its lock). Returns
+/// whether the name is free now.
+fn remove_stale(op: &str, temp: &Path) -> Result<bool> {
+    let f = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(temp)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == IoKind::NotFound => return Ok(true),
+        Err(e) => return Err(os(op, temp, "open", e)),
+    };
+    match sys::try_lock(&f, true) {
+        Ok(()) => {}
+        Err(e) if e.kind() == IoKind::WouldBlock => return Ok(false),
+        Err(e) => return Err(os(op, temp, "flock", e)),
+    }
+    // Still the file we locked (not one a new committer linked meanwhile)?
+    let (held, _) = meta::identity(&f).map_err(|e| os(op, temp, "fstat", e))?;
+    match std::fs::symlink_metadata(temp) {
+        Ok(m) if m.dev() == held.dev && m.ino() == held.ino => {}
+        Ok(_) => return Ok(false),
+        Err(e) if e.kind() == IoKind::NotFound => return Ok(true),
+        Err(e) => return Err(os(op, temp, "stat", e)),
+    }
+    match std::fs::remove_file(temp) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == IoKind::NotFound => Ok(true),
+        Err(e) => Err(os(op, temp, "unlink", e)),
+    }
 }
 
-/// Removes the temporary files that commits to `path` left behind when
-/// their process died between linking and renaming (`.NAME.budge-commit.PID.N`
-/// whose PID is no longer running). Returns what it removed. Temporary
-/// files of live processes are left alone: they may be mid-commit.
+/// Removes the temporary file a commit to `path` left behind when its
+/// process died between linking and renaming (`.NAME.budge-commit` that no
+/// process holds locked). Returns what it removed. A live commit's
+/// temporary file is left alone. One `open`, no directory scan.
 ///
 /// # Errors
-/// `Io` if the directory cannot be read or a stray file cannot be removed.
+/// `Io` if the stray cannot be removed.
 pub fn cleanup(path: impl AsRef<Path>) -> Result<Vec<PathBuf>> {
     let path = path.as_ref();
-    let op = "clean up after interrupted commits";
-    let Some(prefix) = temp_prefix(path) else {
+    let op = "clean up after an interrupted commit";
+    let Some(temp) = temp_name(path) else {
         return Ok(Vec::new());
     };
+    if std::fs::symlink_metadata(&temp).is_err() {
+        return Ok(Vec::new());
+    }
+    if !remove_stale(op, &temp)? || std::fs::symlink_metadata(&temp).is_ok() {
+        return Ok(Vec::new());
+    }
     let dir = dir_of(path);
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == IoKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(os(op, &dir, "readdir", e)),
-    };
-    let mut removed = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| os(op, &dir, "readdir", e))?;
-        let name = entry.file_name();
-        let Some(rest) = name.as_bytes().strip_prefix(prefix.as_bytes()) else {
-            continue;
-        };
-        let pid = std::str::from_utf8(rest)
-            .ok()
-            .and_then(|r| r.split('.').next())
-            .and_then(|p| p.parse::<u32>().ok());
-        match pid {
-            Some(pid) if !pid_alive(pid) => {
-                let p = entry.path();
-                match std::fs::remove_file(&p) {
-                    Ok(()) => removed.push(p),
-                    Err(e) if e.kind() == IoKind::NotFound => {}
-                    Err(e) => return Err(os(op, &p, "unlink", e)),
-                }
-            }
-            _ => {}
-        }
-    }
-    if !removed.is_empty() {
-        let d = File::open(&dir).map_err(|e| os(op, &dir, "open directory", e))?;
-        sys::fsync(&d).map_err(|e| os(op, &dir, "fsync directory", e))?;
-    }
-    Ok(removed)
+    let d = File::open(&dir).map_err(|e| os(op, &dir, "open directory", e))?;
+    sys::fsync(&d).map_err(|e| os(op, &dir, "fsync directory", e))?;
+    Ok(vec![temp])
 }
