@@ -66,22 +66,7 @@ fn enospc(kind: &'static str) {
     });
 }
 
-#[test]
-fn enospc_xfs() {
-    enospc("xfs");
-}
-#[test]
-fn enospc_btrfs() {
-    enospc("btrfs");
-}
-#[test]
-fn enospc_ext4() {
-    enospc("ext4");
-}
-#[test]
-fn enospc_tmpfs() {
-    enospc("tmpfs");
-}
+kind_tests!(enospc; enospc_xfs, enospc_btrfs, enospc_ext4, enospc_tmpfs);
 
 /// btrfs rewrites every overwritten block elsewhere, so a copying shift needs
 /// free space for the whole tail, not just the inserted range: budge checks

@@ -34,7 +34,7 @@ use std::time::Instant;
 use budge::copy::{self, CopyOptions};
 use budge::map::SharedMap;
 use budge::{Capabilities, ErrorKind, Policy, ShiftOptions, Strategy};
-use common::TestFs;
+use common::{Rng, TestFs};
 
 /// Operations per run (each filesystem has 3 to 5 runs).
 const DEFAULT_OPS: usize = 4000;
@@ -44,47 +44,6 @@ const MAX_SIZE: u64 = 2 << 20;
 const MAX_IO: u64 = 256 << 10;
 /// Operations listed in a failure message.
 const HISTORY: usize = 24;
-
-/// splitmix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, n)`; 0 when `n == 0`.
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next() % n
-        }
-    }
-
-    /// Uniform in `[lo, hi]`.
-    fn between(&mut self, lo: u64, hi: u64) -> u64 {
-        debug_assert!(lo <= hi);
-        lo + self.below(hi - lo + 1)
-    }
-
-    fn one_in(&mut self, n: u64) -> bool {
-        self.below(n) == 0
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let mut v = vec![0u8; n];
-        for c in v.chunks_mut(8) {
-            let x = self.next().to_le_bytes();
-            c.copy_from_slice(&x[..c.len()]);
-        }
-        v
-    }
-}
 
 fn env_u64(name: &str) -> Option<u64> {
     let v = std::env::var(name).ok()?;

@@ -18,91 +18,22 @@
 //! `BUDGE_SNAP_SEED` reuses a seed (printed by each test).
 
 mod common;
+mod snapver;
 
 use std::collections::BTreeSet;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use budge::snap::{self, Backing, OnConflict, SnapOptions, Snapshot, SnapshotMut};
 use budge::{ErrorKind, Strategy};
-use common::{data, TestFs};
+use common::{data, say, Rng, TestFs, Worker};
+use snapver::{check_version, fill_version, version_len, PAGE};
 
 // ---------------------------------------------------------------------------
-// Self-describing versions.
-
-const PAGE: usize = 4096;
-/// Each page starts with the version, the version's length and the page
-/// number (u64 LE each); the rest of it is one byte derived from the version.
-const HEADER: usize = 24;
-
-fn fill_byte(v: u64) -> u8 {
-    (v % 251) as u8 + 1
-}
-
-/// A length for a version: `pages` whole pages plus a tail that holds a
-/// header (or no tail).
-fn version_len(pages: usize, tail: usize) -> usize {
-    pages * PAGE
-        + if tail == 0 {
-            0
-        } else {
-            tail.clamp(HEADER, PAGE - 1)
-        }
-}
-
-/// Stamps `buf` as version `v`.
-fn fill_version(buf: &mut [u8], v: u64) {
-    let len = buf.len() as u64;
-    let b = fill_byte(v);
-    for (p, page) in buf.chunks_mut(PAGE).enumerate() {
-        assert!(
-            page.len() >= HEADER,
-            "version length {len} leaves a short page"
-        );
-        page[0..8].copy_from_slice(&v.to_le_bytes());
-        page[8..16].copy_from_slice(&len.to_le_bytes());
-        page[16..24].copy_from_slice(&(p as u64).to_le_bytes());
-        page[HEADER..].fill(b);
-    }
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
-}
-
-/// The version `buf` holds, if it is exactly one complete version.
-fn check_version(buf: &[u8]) -> Result<u64, String> {
-    if buf.len() < HEADER {
-        return Err(format!("{} bytes: shorter than a header", buf.len()));
-    }
-    let v = u64_at(buf, 0);
-    let len = u64_at(buf, 8);
-    if len != buf.len() as u64 {
-        return Err(format!(
-            "version {v} is {len} bytes long but the file has {}",
-            buf.len()
-        ));
-    }
-    let fill = vec![fill_byte(v); PAGE];
-    for (p, page) in buf.chunks(PAGE).enumerate() {
-        let (pv, pl, pp) = (u64_at(page, 0), u64_at(page, 8), u64_at(page, 16));
-        if (pv, pl, pp) != (v, len, p as u64) {
-            return Err(format!(
-                "page {p} says version {pv}, length {pl}, page {pp}; page 0 says version {v}, length {len}"
-            ));
-        }
-        if page[HEADER..] != fill[..page.len() - HEADER] {
-            return Err(format!(
-                "page {p} of version {v}: body is not version {v}'s"
-            ));
-        }
-    }
-    Ok(v)
-}
+// Self-describing versions (tests/snapver).
 
 #[test]
 fn version_check_detects_mixes() {
@@ -126,49 +57,8 @@ fn version_check_detects_mixes() {
     assert!(check_version(&[]).is_err());
 }
 
-// ---------------------------------------------------------------------------
-// Small deterministic random numbers.
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo)
-    }
-    fn chance(&mut self, pct: u64) -> bool {
-        self.below(100) < pct
-    }
-}
-
 fn seed(label: &str) -> u64 {
-    let s = std::env::var("BUDGE_SNAP_SEED")
-        .ok()
-        .and_then(|v| match v.strip_prefix("0x") {
-            Some(h) => u64::from_str_radix(h, 16).ok(),
-            None => v.parse().ok(),
-        })
-        .unwrap_or_else(|| {
-            let t = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64;
-            let mut r = Rng(t ^ u64::from(std::process::id()));
-            label
-                .bytes()
-                .fold(r.next(), |h, b| Rng(h ^ u64::from(b)).next())
-        });
-    eprintln!("{label}: seed {s:#x} (BUDGE_SNAP_SEED={s:#x} reproduces it)");
-    s
+    snapver::seed("BUDGE_SNAP_SEED", label)
 }
 
 // ---------------------------------------------------------------------------
@@ -195,12 +85,6 @@ fn snap_proc_worker() {
         "map-reader" => reader(&path, last, true),
         r => panic!("unknown worker role {r}"),
     }
-}
-
-fn say(line: &str) {
-    let mut o = std::io::stdout().lock();
-    let _ = writeln!(o, "@@ {line}");
-    let _ = o.flush();
 }
 
 /// A read-only shared mapping of a whole file.
@@ -331,116 +215,21 @@ fn reader(path: &Path, last: u64, hold: bool) {
     ));
 }
 
-/// The test binary as it was when this process started (an inherited
-/// descriptor), so workers run this code even if cargo rebuilds it.
-fn worker_exe() -> &'static str {
-    static EXE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    EXE.get_or_init(|| {
-        use std::os::fd::{AsFd, IntoRawFd};
-        let f = File::open(std::env::current_exe().unwrap()).unwrap();
-        rustix::io::fcntl_setfd(f.as_fd(), rustix::io::FdFlags::empty()).unwrap();
-        format!("/proc/self/fd/{}", f.into_raw_fd())
-    })
-}
-
-struct Worker {
-    child: std::process::Child,
-    rx: Receiver<String>,
-    lines: Vec<String>,
-    stderr: Option<std::thread::JoinHandle<String>>,
-    eof: bool,
-}
-
-impl Worker {
-    fn spawn(role: &str, path: &Path, last: u64) -> Worker {
-        let mut child = Command::new(worker_exe())
-            .args(["--exact", WORKER_TEST, "--nocapture", "--test-threads=1"])
+/// Starts a worker in `role` on `path`; it exits when we close its stdin
+/// (drop it).
+fn spawn_worker(role: &str, path: &Path, last: u64) -> Worker {
+    Worker::spawn(
+        common::worker_command(WORKER_TEST)
             .env(WORKER_ENV, role)
             .env("BUDGE_SNAP_PATH", path)
             .env("BUDGE_SNAP_LAST", last.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn worker");
-        let out = child.stdout.take().unwrap();
-        let mut err = child.stderr.take().unwrap();
-        let (tx, rx) = channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines() {
-                let Ok(l) = l else { break };
-                if let Some(rest) = l.strip_prefix("@@ ") {
-                    if tx.send(rest.to_string()).is_err() {
-                        break;
-                    }
-                }
-            }
-        });
-        let stderr = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            s
-        });
-        Worker {
-            child,
-            rx,
-            lines: Vec::new(),
-            stderr: Some(stderr),
-            eof: false,
-        }
-    }
-
-    /// Reads lines until one satisfies `pred`, the output ends, or 120 s.
-    fn wait_for(&mut self, mut pred: impl FnMut(&str) -> bool) -> Option<String> {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while !self.eof {
-            let now = Instant::now();
-            if now >= deadline {
-                return None;
-            }
-            match self.rx.recv_timeout(deadline - now) {
-                Ok(l) => {
-                    self.lines.push(l.clone());
-                    if pred(&l) {
-                        return Some(l);
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => return None,
-                Err(RecvTimeoutError::Disconnected) => self.eof = true,
-            }
-        }
-        None
-    }
-
-    /// Waits for the worker to end (killed after 120 s): its lines, exit
-    /// status and stderr.
-    fn finish(mut self) -> (Vec<String>, ExitStatus, String) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        while let Ok(l) = self.rx.recv() {
-            self.lines.push(l);
-        }
-        let err = self.stderr.take().unwrap().join().unwrap_or_default();
-        (std::mem::take(&mut self.lines), status, err)
-    }
+            .stdin(Stdio::piped()),
+    )
 }
 
-impl Drop for Worker {
-    fn drop(&mut self) {
-        // Only if a test fails part-way: do not leave the reader running.
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// `w.wait_for` with a deadline of 120 s.
+fn wait_for(w: &mut Worker, pred: impl FnMut(&str) -> bool) -> Option<String> {
+    w.wait_for(Instant::now() + Duration::from_secs(120), pred)
 }
 
 // ---------------------------------------------------------------------------
@@ -688,11 +477,11 @@ fn commit_stream(fs: &TestFs, hold: bool) {
     let n: u64 = 48;
     let lens: Vec<usize> = (0..=n)
         .map(|_| {
-            let pages = rng.range(1, 1025) as usize;
+            let pages = rng.between(1, 1024) as usize;
             let tail = if rng.chance(50) {
                 0
             } else {
-                rng.range(1, PAGE as u64) as usize
+                rng.between(1, PAGE as u64 - 1) as usize
             };
             version_len(pages, tail)
         })
@@ -707,11 +496,11 @@ fn commit_stream(fs: &TestFs, hold: bool) {
     std::fs::write(&path, &v0).unwrap();
     // The parent keeps a read-only snapshot of version 0 throughout.
     let snap0 = Snapshot::open(&path).unwrap();
-    let mut w = Worker::spawn(if hold { "map-reader" } else { "reader" }, &path, n);
+    let mut w = spawn_worker(if hold { "map-reader" } else { "reader" }, &path, n);
     assert!(
-        w.wait_for(|l| l == "saw 0").is_some(),
+        wait_for(&mut w, |l| l == "saw 0").is_some(),
         "reader did not start: {:?}",
-        w.lines
+        w.texts()
     );
     let mut seen_max = 0u64;
     let mut cur: Option<(SnapshotMut, OnConflict)> = None;
@@ -760,14 +549,14 @@ fn commit_stream(fs: &TestFs, hold: bool) {
         // Now and then wait for the reader to catch up, so it sees many
         // versions; in between it races with the commits.
         if v % 4 == 0 && seen_max < v {
-            let got = w.wait_for(|l| {
+            let got = wait_for(&mut w, |l| {
                 l.strip_prefix("saw ")
                     .is_some_and(|s| s.parse::<u64>().unwrap() >= v)
             });
             assert!(
                 got.is_some(),
                 "{label}: reader never saw version {v}: {:?}",
-                w.lines
+                w.texts()
             );
             seen_max = v;
         }
@@ -777,8 +566,9 @@ fn commit_stream(fs: &TestFs, hold: bool) {
         }
     }
     drop(cur);
-    let (lines, status, stderr) = w.finish();
+    let (lines, status, stderr) = w.finish(Duration::from_secs(120));
     assert!(status.success(), "{label}: reader {status}: {stderr}");
+    let lines: Vec<String> = lines.into_iter().map(|(_, l)| l).collect();
     let problems: Vec<&String> = lines
         .iter()
         .filter(|l| {
@@ -824,13 +614,19 @@ fn commit_stream(fs: &TestFs, hold: bool) {
     assert_no_strays(fs.dir.path(), &["v"]);
 }
 
-/// Asserts `dir` holds exactly `names` (nothing stray from commits).
-fn assert_no_strays(dir: &Path, names: &[&str]) {
-    let mut got: Vec<String> = std::fs::read_dir(dir)
+/// The names in `dir`, sorted.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    got.sort();
+    v.sort();
+    v
+}
+
+/// Asserts `dir` holds exactly `names` (nothing stray from commits).
+fn assert_no_strays(dir: &Path, names: &[&str]) {
+    let got = names_in(dir);
     let mut want: Vec<String> = names.iter().map(|s| s.to_string()).collect();
     want.sort();
     assert_eq!(got, want, "{}", dir.display());
@@ -903,13 +699,12 @@ impl Drop for RoBind {
     }
 }
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
 fs_test!(read_only_directory, |fs: &TestFs| {
     if !rustix::process::geteuid().is_root() {
-        assert!(!in_ci(), "the read-only directory test needs root under CI");
+        assert!(
+            !common::in_ci(),
+            "the read-only directory test needs root under CI"
+        );
         eprintln!(
             "SKIPPED read_only_directory on {}: not root (needs mount)",
             fs.kind
@@ -987,13 +782,26 @@ fs_test!(read_only_directory, |fs: &TestFs| {
 // ---------------------------------------------------------------------------
 // 4. ENOSPC on the small filesystems.
 
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
+/// A writable snapshot of `path` in memory.
+fn open_in_memory(path: &Path) -> SnapshotMut {
+    let opts = SnapOptions {
+        in_memory: true,
+        ..SnapOptions::default()
+    };
+    SnapshotMut::open_with(path, &opts).unwrap()
+}
+
+/// Asserts `e` is `NoSpace` and names `path`, which still holds `want`.
+fn assert_no_space(kind: &str, e: &budge::Error, path: &Path, want: &[u8]) {
+    assert_eq!(e.kind(), ErrorKind::NoSpace, "{kind}: {e}");
+    assert!(
+        e.to_string().contains(&path.display().to_string()),
+        "{kind}: {e}"
+    );
+    assert!(
+        std::fs::read(path).unwrap() == want,
+        "{kind}: the file changed"
+    );
 }
 
 fn enospc(kind: &'static str) {
@@ -1007,14 +815,7 @@ fn enospc(kind: &'static str) {
         // on the filesystem (reflinked on XFS/btrfs, a copy elsewhere), and
         // one in memory, whose commit must copy everywhere.
         let mut on_disk = SnapshotMut::open(&path).unwrap();
-        let mut in_mem = SnapshotMut::open_with(
-            &path,
-            &SnapOptions {
-                in_memory: true,
-                ..SnapOptions::default()
-            },
-        )
-        .unwrap();
+        let mut in_mem = open_in_memory(&path);
         assert_eq!(on_disk.report().backing, Backing::TmpFile);
         assert_eq!(in_mem.report().backing, Backing::Memory);
         for m in [&mut on_disk, &mut in_mem] {
@@ -1026,7 +827,7 @@ fn enospc(kind: &'static str) {
         model[len - 1] = 0;
         // Get the changed pages written (their blocks allocated) now.
         rustix::fs::syncfs(File::open(fs.dir.path()).unwrap()).unwrap();
-        let filler = fill_fs(fs);
+        let filler = common::fill_fs(fs, 256 << 10);
         let avail = budge::sys::fs_info(&filler).unwrap().avail_bytes;
         assert!(avail < 1 << 20, "{kind}: {avail} bytes still free");
         let names = names_in(fs.dir.path());
@@ -1034,15 +835,7 @@ fn enospc(kind: &'static str) {
         // A commit from memory must copy 8 MiB: no space.
         let e = in_mem.commit().unwrap_err();
         eprintln!("{kind}: commit from memory on a full filesystem: {e}");
-        assert_eq!(e.kind(), ErrorKind::NoSpace, "{kind}: {e}");
-        assert!(
-            e.to_string().contains(&path.display().to_string()),
-            "{kind}: {e}"
-        );
-        assert!(
-            std::fs::read(&path).unwrap() == d,
-            "{kind}: the file changed"
-        );
+        assert_no_space(kind, &e, &path, &d);
         assert_eq!(names_in(fs.dir.path()), names, "{kind}: stray files");
 
         // A commit from the snapshot's file: a reflink needs no data space
@@ -1059,15 +852,7 @@ fn enospc(kind: &'static str) {
             Err(e) => {
                 eprintln!("{kind}: commit from a copy on a full filesystem: {e}");
                 assert!(!reflinks(fs), "{kind}: {e}");
-                assert_eq!(e.kind(), ErrorKind::NoSpace, "{kind}: {e}");
-                assert!(
-                    e.to_string().contains(&path.display().to_string()),
-                    "{kind}: {e}"
-                );
-                assert!(
-                    std::fs::read(&path).unwrap() == d,
-                    "{kind}: the file changed"
-                );
+                assert_no_space(kind, &e, &path, &d);
             }
         }
         let committed = std::fs::read(&path).unwrap();
@@ -1107,14 +892,7 @@ fn enospc(kind: &'static str) {
         // With space back, the commit works.
         drop(filler);
         std::fs::remove_file(fs.path("filler")).unwrap();
-        let mut m = SnapshotMut::open_with(
-            &path,
-            &SnapOptions {
-                in_memory: true,
-                ..SnapOptions::default()
-            },
-        )
-        .unwrap();
+        let mut m = open_in_memory(&path);
         m.copy_from_slice(&model);
         m.commit_and_close().unwrap();
         assert!(std::fs::read(&path).unwrap() == model, "{kind}");
@@ -1125,24 +903,4 @@ fn enospc(kind: &'static str) {
     });
 }
 
-/// Fills the small filesystem until less than 256 KiB are free.
-fn fill_fs(fs: &TestFs) -> File {
-    common::fill_fs(fs, 256 << 10)
-}
-
-#[test]
-fn enospc_xfs() {
-    enospc("xfs");
-}
-#[test]
-fn enospc_btrfs() {
-    enospc("btrfs");
-}
-#[test]
-fn enospc_ext4() {
-    enospc("ext4");
-}
-#[test]
-fn enospc_tmpfs() {
-    enospc("tmpfs");
-}
+kind_tests!(enospc; enospc_xfs, enospc_btrfs, enospc_ext4, enospc_tmpfs);

@@ -1110,22 +1110,7 @@ fn enospc(kind: &'static str) {
     });
 }
 
-#[test]
-fn enospc_xfs() {
-    enospc("xfs");
-}
-#[test]
-fn enospc_btrfs() {
-    enospc("btrfs");
-}
-#[test]
-fn enospc_ext4() {
-    enospc("ext4");
-}
-#[test]
-fn enospc_tmpfs() {
-    enospc("tmpfs");
-}
+kind_tests!(enospc; enospc_xfs, enospc_btrfs, enospc_ext4, enospc_tmpfs);
 
 // Metadata-only where only a copy would work (tmpfs: no insert-range, no
 // reflink), and a forced native strategy where there is no insert-range:

@@ -421,20 +421,8 @@ fn shutdown_round(
 }
 
 fn shutdown_test(kind: &'static str) {
-    if let Some(why) = crash::loopfs::unavailable(kind) {
-        if crash::in_ci() {
-            panic!("shutdown test on {kind} cannot run under CI: {why}");
-        }
-        eprintln!("SKIPPED shutdown crash test on {kind}: {why}");
+    let Some(mut fs) = crash::loop_fs(kind, "shutdown crash test") else {
         return;
-    }
-    let mut fs = match LoopFs::new(kind, 1 << 30) {
-        Ok(fs) => fs,
-        Err(e) if crash::in_ci() => panic!("loop {kind} filesystem: {e}"),
-        Err(e) => {
-            eprintln!("SKIPPED shutdown crash test on {kind}: loop filesystem: {e}");
-            return;
-        }
     };
     let label = format!("shutdown {kind}");
     let seed = seed(&label);
@@ -466,12 +454,4 @@ fn shutdown_test(kind: &'static str) {
     assert_eq!(sess.stats.sum("in flight: "), n, "every round verified");
 }
 
-#[test]
-fn shutdown_xfs() {
-    shutdown_test("xfs");
-}
-
-#[test]
-fn shutdown_ext4() {
-    shutdown_test("ext4");
-}
+kind_tests!(shutdown_test; shutdown_xfs = "xfs", shutdown_ext4 = "ext4");

@@ -7,8 +7,12 @@
 #![allow(dead_code)]
 
 use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
 
 pub use budge::{ShiftOptions, Strategy};
 
@@ -53,7 +57,8 @@ fn lookup(var: &str, kind: &str) -> Option<PathBuf> {
     })
 }
 
-fn in_ci() -> bool {
+/// Whether this runs under CI (`CI=true`), where skipping is failing.
+pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
@@ -114,6 +119,25 @@ macro_rules! fs_test {
                 $crate::common::run("tmpfs", $body)
             }
         }
+    };
+}
+
+/// `kind_tests!(f; f_xfs = "xfs", f_ext4 = "ext4")` defines one test per
+/// name that calls `f(kind)`: for tests that set up their filesystem
+/// themselves ([`run_small`], a loop mount). `kind_tests!(f; a, b, c, d)`
+/// names one test for each of [`KINDS`], in that order.
+#[macro_export]
+macro_rules! kind_tests {
+    ($f:ident; $xfs:ident, $btrfs:ident, $ext4:ident, $tmpfs:ident) => {
+        $crate::kind_tests!($f; $xfs = "xfs", $btrfs = "btrfs", $ext4 = "ext4", $tmpfs = "tmpfs");
+    };
+    ($f:ident; $($name:ident = $kind:literal),+ $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                $f($kind)
+            }
+        )+
     };
 }
 
@@ -211,4 +235,229 @@ pub fn store_strategies(fs: &TestFs) -> Vec<Option<Strategy>> {
     }
     v.push(Some(Strategy::UserCopy));
     v
+}
+
+// ---------------------------------------------------------------------------
+// Seeded randomness.
+
+/// A small deterministic PRNG (splitmix64), so a run reproduces from its
+/// seed without a dependency.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, n)`; 0 when `n == 0`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next() % n
+        }
+    }
+
+    /// Uniform in `[lo, hi]`.
+    pub fn between(&mut self, lo: u64, hi: u64) -> u64 {
+        debug_assert!(lo <= hi);
+        lo + self.below(hi - lo + 1)
+    }
+
+    /// Log-uniform in `[lo, hi]` (`lo >= 1`): as many small values as large.
+    pub fn log_between(&mut self, lo: u64, hi: u64) -> u64 {
+        let (a, b) = ((lo as f64).ln(), ((hi + 1) as f64).ln());
+        let x = a + (b - a) * (self.below(1 << 20) as f64 / f64::from(1 << 20));
+        (x.exp() as u64).clamp(lo, hi)
+    }
+
+    /// True `pct` percent of the time.
+    pub fn chance(&mut self, pct: u64) -> bool {
+        self.below(100) < pct
+    }
+
+    pub fn one_in(&mut self, n: u64) -> bool {
+        self.below(n) == 0
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut v = vec![0u8; n];
+        for c in v.chunks_mut(8) {
+            let x = self.next().to_le_bytes();
+            c.copy_from_slice(&x[..c.len()]);
+        }
+        v
+    }
+}
+
+/// A test's seed: `var` (decimal or 0x-hex) as is, so a printed seed
+/// reproduces the test; otherwise a random one, mixed with `label` so the
+/// tests of one run differ.
+pub fn seed(var: &str, label: &str) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| match v.strip_prefix("0x") {
+            Some(h) => u64::from_str_radix(h, 16).ok(),
+            None => v.parse().ok(),
+        })
+        .unwrap_or_else(|| {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64;
+            let h = Rng(t ^ u64::from(std::process::id())).next();
+            label.bytes().fold(h, |h, b| Rng(h ^ u64::from(b)).next())
+        })
+}
+
+// ---------------------------------------------------------------------------
+// Worker processes: the test binary re-executed to run one test.
+
+/// Prints a protocol line (`@@ line`) for the parent, from a worker.
+pub fn say(line: &str) {
+    let mut o = std::io::stdout().lock();
+    let _ = writeln!(o, "@@ {line}");
+    let _ = o.flush();
+}
+
+/// The test binary, as it was when this process started: an inherited
+/// descriptor of it (`/proc/self/fd/N`), so workers run the same code even
+/// if cargo rebuilds the binary during a long run.
+fn worker_exe() -> &'static str {
+    static EXE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    EXE.get_or_init(|| {
+        use std::os::fd::{AsFd, IntoRawFd};
+        let f = File::open(std::env::current_exe().unwrap()).unwrap();
+        rustix::io::fcntl_setfd(f.as_fd(), rustix::io::FdFlags::empty()).unwrap();
+        format!("/proc/self/fd/{}", f.into_raw_fd())
+    })
+}
+
+/// A command that runs only the test `test` of this test binary (stdin
+/// null); add the worker's environment and pass it to [`Worker::spawn`].
+pub fn worker_command(test: &str) -> Command {
+    let mut cmd = Command::new(worker_exe());
+    cmd.args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// A running worker and the protocol lines (`@@ ...` on stdout) it printed,
+/// each with the time it was read. Killed if dropped while running.
+pub struct Worker {
+    child: Child,
+    rx: Receiver<(Instant, String)>,
+    pub lines: Vec<(Instant, String)>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+    eof: bool,
+}
+
+impl Worker {
+    /// Starts `cmd` (see [`worker_command`]) with stdout and stderr piped.
+    pub fn spawn(cmd: &mut Command) -> Worker {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn worker");
+        let out = child.stdout.take().unwrap();
+        let mut err = child.stderr.take().unwrap();
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines() {
+                let Ok(l) = l else { break };
+                if let Some(rest) = l.strip_prefix("@@ ") {
+                    if tx.send((Instant::now(), rest.to_string())).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        });
+        Worker {
+            child,
+            rx,
+            lines: Vec::new(),
+            stderr: Some(stderr),
+            eof: false,
+        }
+    }
+
+    /// The lines so far, without their times.
+    pub fn texts(&self) -> Vec<&str> {
+        self.lines.iter().map(|(_, l)| l.as_str()).collect()
+    }
+
+    /// Reads lines until one satisfies `pred` (returned), the worker's
+    /// output ends, or `deadline`.
+    pub fn wait_for(
+        &mut self,
+        deadline: Instant,
+        mut pred: impl FnMut(&str) -> bool,
+    ) -> Option<String> {
+        while !self.eof {
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            match self.rx.recv_timeout(deadline - now) {
+                Ok((t, l)) => {
+                    self.lines.push((t, l.clone()));
+                    if pred(&l) {
+                        return Some(l);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => return None,
+                Err(RecvTimeoutError::Disconnected) => self.eof = true,
+            }
+        }
+        None
+    }
+
+    /// Whether the worker has exited.
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_some()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+    }
+
+    /// Waits for the worker to end (killing it after `timeout`); returns
+    /// its lines, its exit status and its stderr.
+    pub fn finish(mut self, timeout: Duration) -> (Vec<(Instant, String)>, ExitStatus, String) {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        while let Ok(l) = self.rx.recv() {
+            self.lines.push(l);
+        }
+        let err = self.stderr.take().unwrap().join().unwrap_or_default();
+        (std::mem::take(&mut self.lines), status, err)
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // Only if a test fails part-way: do not leave the worker running.
+        if !self.exited() {
+            self.kill();
+            let _ = self.child.wait();
+        }
+    }
 }

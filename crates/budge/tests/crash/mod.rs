@@ -13,13 +13,12 @@ pub mod model;
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +26,7 @@ use budge::store::format::{self, IntentKind, Method};
 use budge::store::{plan, Growth, Store, StoreOptions};
 use budge::Strategy;
 
+use crate::common::{self, say};
 use model::{choose, Mix, Model, Op, Rng};
 
 /// The store's failpoints the worker reports (`@@ mark <name>`).
@@ -83,12 +83,6 @@ pub fn mix(name: &str) -> Mix {
         },
         m => panic!("unknown mix {m}"),
     }
-}
-
-fn say(line: &str) {
-    let mut o = std::io::stdout().lock();
-    let _ = writeln!(o, "@@ {line}");
-    let _ = o.flush();
 }
 
 /// `Store::open`, retried for up to 10 s while it fails with `Locked`.
@@ -216,132 +210,46 @@ pub struct WorkerCfg {
     pub sleep: Option<(&'static str, u64)>,
 }
 
-/// The test binary, as it was when this process started: an inherited
-/// descriptor of it (`/proc/self/fd/N`), so workers run the same code even
-/// if cargo rebuilds the binary during a long run.
-fn worker_exe() -> &'static str {
-    static EXE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    EXE.get_or_init(|| {
-        use std::os::fd::{AsFd, IntoRawFd};
-        let f = File::open(std::env::current_exe().unwrap()).unwrap();
-        rustix::io::fcntl_setfd(f.as_fd(), rustix::io::FdFlags::empty()).unwrap();
-        format!("/proc/self/fd/{}", f.into_raw_fd())
-    })
-}
-
-/// A running worker and the lines it printed.
-pub struct Worker {
-    child: Child,
-    rx: Receiver<(Instant, String)>,
-    lines: Vec<(Instant, String)>,
-    stderr: std::thread::JoinHandle<String>,
-    eof: bool,
-}
+/// A running store worker: a [`common::Worker`] whose [`finish`](Worker::finish)
+/// describes how it ended.
+pub struct Worker(common::Worker);
 
 impl Worker {
     pub fn spawn(cfg: &WorkerCfg) -> Worker {
-        let mut cmd = Command::new(worker_exe());
-        cmd.args(["--exact", WORKER_TEST, "--nocapture", "--test-threads=1"])
-            .env(WORKER_ENV, &cfg.path)
+        let mut cmd = common::worker_command(WORKER_TEST);
+        cmd.env(WORKER_ENV, &cfg.path)
             .env("BUDGE_CRASH_SEED", cfg.seed.to_string())
             .env("BUDGE_CRASH_OPS", cfg.ops.to_string())
             .env("BUDGE_CRASH_VBASE", cfg.vbase.to_string())
             .env("BUDGE_CRASH_STRATEGY", strategy_name(cfg.strategy))
             .env("BUDGE_CRASH_MIX", cfg.mix)
             .env_remove("FAILPOINTS")
-            .env_remove("BUDGE_CRASH_SLEEP")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .env_remove("BUDGE_CRASH_SLEEP");
         if let Some((mark, ms)) = cfg.sleep {
             cmd.env("BUDGE_CRASH_SLEEP", format!("{mark}:{ms}"));
         }
-        let mut child = cmd.spawn().expect("spawn worker");
-        let out = child.stdout.take().unwrap();
-        let mut err = child.stderr.take().unwrap();
-        let (tx, rx) = channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines() {
-                let Ok(l) = l else { break };
-                if let Some(rest) = l.strip_prefix("@@ ") {
-                    if tx.send((Instant::now(), rest.to_string())).is_err() {
-                        break;
-                    }
-                }
-            }
-        });
-        let stderr = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            s
-        });
-        Worker {
-            child,
-            rx,
-            lines: Vec::new(),
-            stderr,
-            eof: false,
-        }
-    }
-
-    /// Reads lines until one satisfies `pred` (returned), the worker's
-    /// output ends, or `deadline`.
-    pub fn wait_for(
-        &mut self,
-        deadline: Instant,
-        mut pred: impl FnMut(&str) -> bool,
-    ) -> Option<String> {
-        while !self.eof {
-            let now = Instant::now();
-            if now >= deadline {
-                return None;
-            }
-            match self.rx.recv_timeout(deadline - now) {
-                Ok((t, l)) => {
-                    self.lines.push((t, l.clone()));
-                    if pred(&l) {
-                        return Some(l);
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => return None,
-                Err(RecvTimeoutError::Disconnected) => self.eof = true,
-            }
-        }
-        None
-    }
-
-    /// Whether the worker has exited.
-    pub fn exited(&mut self) -> bool {
-        self.child.try_wait().ok().flatten().is_some()
-    }
-
-    pub fn kill(&mut self) {
-        let _ = self.child.kill(); // SIGKILL
+        Worker(common::Worker::spawn(&mut cmd))
     }
 
     /// Waits for the worker to end (killing it after `timeout`); returns
     /// its protocol lines (with the time each was read) and a description
     /// of how it ended plus stderr.
-    pub fn finish(mut self, timeout: Duration) -> (Vec<(Instant, String)>, ExitStatus, String) {
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            if Instant::now() >= deadline {
-                self.kill();
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        };
-        while let Ok(l) = self.rx.recv() {
-            self.lines.push(l);
-        }
-        let err = self.stderr.join().unwrap_or_default();
-        (
-            self.lines,
-            status,
-            format!("{status}; stderr: {}", err.trim()),
-        )
+    pub fn finish(self, timeout: Duration) -> (Vec<(Instant, String)>, ExitStatus, String) {
+        let (lines, status, err) = self.0.finish(timeout);
+        (lines, status, format!("{status}; stderr: {}", err.trim()))
+    }
+}
+
+impl std::ops::Deref for Worker {
+    type Target = common::Worker;
+    fn deref(&self) -> &common::Worker {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Worker {
+    fn deref_mut(&mut self) -> &mut common::Worker {
+        &mut self.0
     }
 }
 
@@ -1454,6 +1362,26 @@ impl Drop for Hammer {
     }
 }
 
+/// A private 1 GiB loop filesystem of `kind` for the shutdown test `what`,
+/// or `None` (a loud skip) where none can be made; under CI that fails.
+pub fn loop_fs(kind: &'static str, what: &str) -> Option<loopfs::LoopFs> {
+    if let Some(why) = loopfs::unavailable(kind) {
+        if common::in_ci() {
+            panic!("{what} on {kind} cannot run under CI: {why}");
+        }
+        eprintln!("SKIPPED {what} on {kind}: {why}");
+        return None;
+    }
+    match loopfs::LoopFs::new(kind, 1 << 30) {
+        Ok(fs) => Some(fs),
+        Err(e) if common::in_ci() => panic!("loop {kind} filesystem: {e}"),
+        Err(e) => {
+            eprintln!("SKIPPED {what} on {kind}: loop filesystem: {e}");
+            None
+        }
+    }
+}
+
 /// Iterations: `BUDGE_CRASH_ITERS`, or `default`.
 pub fn iters(default: u64) -> u64 {
     std::env::var("BUDGE_CRASH_ITERS")
@@ -1463,32 +1391,8 @@ pub fn iters(default: u64) -> u64 {
 }
 
 /// The run's seed: `BUDGE_CRASH_SEED` (decimal or 0x-hex), or random;
-/// mixed with `label` so each test has its own.
+/// mixed with `label` so each test has its own. A given seed is used as is
+/// for every test, so the failing test's printed seed reproduces it.
 pub fn seed(label: &str) -> u64 {
-    let base = std::env::var("BUDGE_CRASH_SEED")
-        .ok()
-        .and_then(|v| match v.strip_prefix("0x") {
-            Some(h) => u64::from_str_radix(h, 16).ok(),
-            None => v.parse().ok(),
-        });
-    match base {
-        // A given seed is used as is for every test, so the failing test's
-        // printed seed reproduces it.
-        Some(s) => s,
-        None => {
-            let t = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64;
-            let mut h = t ^ u64::from(std::process::id());
-            for b in label.bytes() {
-                h = model::splitmix(h ^ u64::from(b));
-            }
-            h
-        }
-    }
-}
-
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+    common::seed("BUDGE_CRASH_SEED", label)
 }
