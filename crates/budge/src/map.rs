@@ -153,13 +153,6 @@ pub enum Advice {
     Random,
     /// `MADV_SEQUENTIAL`: aggressive readahead.
     Sequential,
-    /// `MADV_HUGEPAGE`: faults read the file in 2 MiB folios and map each
-    /// with one PMD (the [`Reservation`] base is 2 MiB aligned, which the
-    /// kernel requires for that), so dropping or re-reading a mapped range
-    /// handles 512 times fewer page-table entries. The kernel's
-    /// `transparent_hugepage/enabled` must not be `never`. A one-byte store
-    /// then dirties (and writes back) the whole 2 MiB folio.
-    HugePage,
 }
 
 impl Advice {
@@ -169,7 +162,6 @@ impl Advice {
             Advice::Normal => "normal",
             Advice::Random => "random",
             Advice::Sequential => "sequential",
-            Advice::HugePage => "hugepage",
         }
     }
 }
@@ -181,10 +173,7 @@ impl std::str::FromStr for Advice {
             "normal" => Ok(Advice::Normal),
             "random" => Ok(Advice::Random),
             "sequential" => Ok(Advice::Sequential),
-            "hugepage" => Ok(Advice::HugePage),
-            _ => Err(format!(
-                "unknown advice {s:?} (normal, random, sequential, hugepage)"
-            )),
+            _ => Err(format!("unknown advice {s:?} (normal, random, sequential)")),
         }
     }
 }
@@ -444,10 +433,9 @@ impl Reservation {
             Advice::Normal => rustix::mm::Advice::Normal,
             Advice::Random => rustix::mm::Advice::Random,
             Advice::Sequential => rustix::mm::Advice::Sequential,
-            Advice::HugePage => rustix::mm::Advice::LinuxHugepage,
         };
-        // SAFETY: bounds checked; madvise with these hints (access pattern,
-        // folio size) never changes memory contents.
+        // SAFETY: bounds checked; madvise with these hints never changes
+        // memory contents.
         unsafe { rustix::mm::madvise(self.base.as_ptr().add(offset).cast(), len, a) }
             .map_err(|e| Error::os("advise mapping", "madvise", e.into()))
     }
@@ -492,12 +480,7 @@ mod tests {
 
     #[test]
     fn advice_names_round_trip() {
-        for a in [
-            Advice::Normal,
-            Advice::Random,
-            Advice::Sequential,
-            Advice::HugePage,
-        ] {
+        for a in [Advice::Normal, Advice::Random, Advice::Sequential] {
             assert_eq!(a.name().parse::<Advice>(), Ok(a));
         }
     }

@@ -26,7 +26,7 @@
 //!   that shifted): per-resize latency, the shifts, against the naive
 //!   rewrite;
 //! - **updates**: device bytes per random one-byte store through the mapping
-//!   plus commit, `Advice::Normal`, `Random` and `HugePage`, with the cache
+//!   plus commit, `Advice::Normal` against `Advice::Random`, with the cache
 //!   filled by large writes or empty;
 //! - **extents**: one grow+shrink against the number of extents after
 //!   region 0 (a smaller store with holes punched), budge against bare.
@@ -102,8 +102,8 @@ pub struct StoreBenchArgs {
     #[arg(long, value_delimiter = ',', value_enum)]
     pub parts: Option<Vec<Part>>,
     /// `madvise` for the store's mapping (and the mapped plain twin) in the
-    /// resize and amortized parts: normal, random, sequential, hugepage
-    /// (the updates part always measures normal, random and hugepage)
+    /// resize and amortized parts: normal, random, sequential (the updates
+    /// part always measures normal and random)
     #[arg(long, default_value = "normal", value_parser = parse_advice)]
     pub advice: Advice,
 }

@@ -1190,7 +1190,7 @@ fn updates(ctx: &Ctx<'_>, run: &mut FsRun, path: &Path) -> Res<()> {
     let r1 = region_name(1);
     let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(std::process::id());
     for fill in [Fill::LargeWrites, Fill::Cold] {
-        for advice in [Advice::Normal, Advice::Random, Advice::HugePage] {
+        for advice in [Advice::Normal, Advice::Random] {
             let (off, len) = {
                 let st = Store::open(path, &StoreOptions::default()).map_err(es)?;
                 let r = st.region(&r1).ok_or("no region r1")?;
