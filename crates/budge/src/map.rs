@@ -188,6 +188,10 @@ impl std::str::FromStr for Advice {
     }
 }
 
+/// The PMD size on x86_64 and arm64 with 4 KiB pages: the boundary a
+/// reservation starts on, so that 2 MiB folios can be mapped with one PMD.
+const HUGE_ALIGN: usize = 2 << 20;
+
 /// A large reserved range of virtual addresses (`PROT_NONE`, no memory
 /// committed) whose first [`mapped`](Reservation::mapped) bytes map a file
 /// `MAP_SHARED` from offset 0.
@@ -212,7 +216,9 @@ unsafe impl Sync for Reservation {}
 
 impl Reservation {
     /// Reserves `reserve` bytes of address space (a multiple of the page
-    /// size), mapping nothing yet.
+    /// size), mapping nothing yet. A reservation of 2 MiB or more starts on a
+    /// 2 MiB boundary, so that file offset and address agree modulo the PMD
+    /// size and faults can map 2 MiB folios of the page cache with one PMD.
     ///
     /// # Errors
     /// `InvalidArgument` for 0 or an unaligned size; `Io` (ENOMEM) when the
@@ -226,12 +232,21 @@ impl Reservation {
                 )),
             );
         }
+        let align = if reserve >= HUGE_ALIGN && HUGE_ALIGN > page {
+            HUGE_ALIGN
+        } else {
+            page
+        };
+        let total = reserve.checked_add(align - page).ok_or_else(|| {
+            Error::new(ErrorKind::InvalidArgument, "reserve address space")
+                .with_hint(format!("{reserve} bytes is too large"))
+        })?;
         // SAFETY: a fresh anonymous PROT_NONE mapping at a kernel-chosen
         // address; it aliases nothing and nothing can be read through it.
         let ptr = unsafe {
             rustix::mm::mmap_anonymous(
                 std::ptr::null_mut(),
-                reserve,
+                total,
                 ProtFlags::empty(),
                 MapFlags::PRIVATE | MapFlags::NORESERVE,
             )
@@ -243,7 +258,24 @@ impl Reservation {
                 e.into(),
             )
         })?;
-        let base = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| {
+        let start = ptr as usize;
+        let head = start.next_multiple_of(align) - start;
+        let tail = total - head - reserve;
+        // SAFETY: `[start, start + head)` and `[start + head + reserve,
+        // start + total)` lie inside the PROT_NONE mapping just made, which
+        // nothing references yet; trimming them leaves `reserve` bytes that
+        // start on an `align` boundary (both are page multiples: `start`,
+        // `align` and `total` are).
+        unsafe {
+            if head > 0 {
+                let _ = rustix::mm::munmap(ptr, head);
+            }
+            if tail > 0 {
+                let _ = rustix::mm::munmap(ptr.cast::<u8>().add(head + reserve).cast(), tail);
+            }
+        }
+        // SAFETY: `head < total`, so the pointer stays inside the mapping.
+        let base = NonNull::new(unsafe { ptr.cast::<u8>().add(head) }).ok_or_else(|| {
             Error::new(ErrorKind::Io, "reserve address space").with_hint("mmap returned null")
         })?;
         Ok(Reservation {
@@ -437,5 +469,29 @@ impl Drop for Reservation {
         // SAFETY: `[base, base + reserved)` was reserved in `new` and is
         // released only here; no borrow outlives `self`.
         let _ = unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), self.reserved) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reservations_start_on_a_pmd_boundary() {
+        for size in [HUGE_ALIGN, 3 * HUGE_ALIGN, 1 << 30] {
+            let r = Reservation::new(size, false).unwrap();
+            assert_eq!(r.base() % HUGE_ALIGN, 0, "{size}");
+            assert_eq!(r.reserved(), size);
+        }
+        let page = rustix::param::page_size();
+        let r = Reservation::new(page, false).unwrap();
+        assert_eq!(r.base() % page, 0);
+    }
+
+    #[test]
+    fn advice_names_round_trip() {
+        for a in [Advice::Normal, Advice::Random, Advice::Sequential] {
+            assert_eq!(a.name().parse::<Advice>(), Ok(a));
+        }
     }
 }

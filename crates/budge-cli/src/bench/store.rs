@@ -22,7 +22,9 @@
 //!   file, mapped into its own address reservation, growth maps the new
 //!   chunk, the way LLNL Metall grows), same grows, then the same touch;
 //! - **amortized**: the same appends with the default `Growth::Amortized`,
-//!   counting the shifts;
+//!   everything cached before each call (re-read, timed, after a resize
+//!   that shifted): per-resize latency, the shifts, against the naive
+//!   rewrite;
 //! - **updates**: device bytes per random one-byte store through the mapping
 //!   plus commit, `Advice::Normal` against `Advice::Random`, with the cache
 //!   filled by large writes or empty;
@@ -35,6 +37,7 @@ mod phases;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use budge::map::Advice;
 use clap::{Args, ValueEnum};
 
 use super::sysinfo;
@@ -98,6 +101,15 @@ pub struct StoreBenchArgs {
     /// Only these parts, comma-separated [default: all]
     #[arg(long, value_delimiter = ',', value_enum)]
     pub parts: Option<Vec<Part>>,
+    /// `madvise` for the store's mapping (and the mapped plain twin) in the
+    /// resize and amortized parts: normal, random, sequential (the updates
+    /// part always measures normal and random)
+    #[arg(long, default_value = "normal", value_parser = parse_advice)]
+    pub advice: Advice,
+}
+
+fn parse_advice(s: &str) -> Result<Advice, String> {
+    s.parse()
 }
 
 /// A part of the benchmark.
@@ -133,6 +145,7 @@ pub struct Config {
     updates: usize,
     budget: f64,
     parts: Vec<Part>,
+    advice: Advice,
     quick: bool,
     json: bool,
     save_json: Option<PathBuf>,
@@ -176,6 +189,7 @@ impl Config {
                     Part::Extents,
                 ]
             }),
+            advice: a.advice,
             quick: q,
             json: a.json,
             save_json: a.save_json.clone(),

@@ -66,6 +66,34 @@ impl Series {
         self.secs().into_iter().reduce(f64::min)
     }
 
+    pub fn mean(&self) -> Option<f64> {
+        let v = self.secs();
+        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+    }
+
+    pub fn total(&self) -> f64 {
+        self.secs().iter().sum()
+    }
+
+    /// Bytes written to the device by all samples.
+    pub fn sum_w(&self) -> Option<u64> {
+        self.samples.iter().map(|s| s.dev_w).sum()
+    }
+
+    /// The samples whose flag is set (or not).
+    pub fn only(&self, flags: &[bool], want: bool) -> Series {
+        Series {
+            samples: self
+                .samples
+                .iter()
+                .zip(flags)
+                .filter(|(_, f)| **f == want)
+                .map(|(s, _)| *s)
+                .collect(),
+            note: None,
+        }
+    }
+
     pub fn max(&self) -> Option<f64> {
         self.secs().into_iter().reduce(f64::max)
     }
@@ -109,8 +137,17 @@ pub struct Pair {
 pub struct Amortized {
     pub grows: Series,
     pub shrinks: Series,
+    /// Per sample of `grows` / `shrinks`: whether that resize shifted.
+    pub grow_shifted: Vec<bool>,
+    pub shrink_shifted: Vec<bool>,
     pub grow_shifts: usize,
     pub shrink_shifts: usize,
+    /// The touch of every region that re-read the cache after each
+    /// shifting resize (so the next call starts warm).
+    pub retouch: Series,
+    /// PMD-mapped bytes of the store mapping after the first warm touch,
+    /// and the mapped bytes.
+    pub pmd: Option<(u64, u64)>,
     pub capacity_after_grows: u64,
     pub capacity_after_shrinks: u64,
     /// Computed with `capacity_for`: shifts for the same appends to an
@@ -198,6 +235,11 @@ pub struct FsRun {
     pub touch_after: Series,
     pub noshift_touch_first: Series,
     pub noshift_touch_after: Series,
+    /// Bytes of the store's mapping mapped with PMDs (2 MiB) after the
+    /// touch of the cached store before any resize, and after the last
+    /// re-touch following a resize; with the mapped bytes.
+    pub pmd_warm: Option<(u64, u64)>,
+    pub pmd_after: Option<(u64, u64)>,
     pub amortized: Option<Amortized>,
     pub extents: Vec<ExtRow>,
     pub extents_note: Option<String>,
@@ -248,6 +290,8 @@ impl FsRun {
             touch_after: Series::default(),
             noshift_touch_first: Series::default(),
             noshift_touch_after: Series::default(),
+            pmd_warm: None,
+            pmd_after: None,
             amortized: None,
             extents: Vec::new(),
             extents_note: None,
@@ -392,6 +436,35 @@ fn touch_store(st: &Store, regions: usize, page: usize) -> Res<u64> {
         s = s.wrapping_add(touch(st.bytes(&region_name(i)).map_err(es)?, page));
     }
     Ok(s)
+}
+
+/// `FilePmdMapped` of the mappings inside `[base, base + len)` of this
+/// process (`/proc/self/smaps`), in bytes; `None` if unreadable.
+pub fn pmd_mapped(base: usize, len: usize) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/smaps").ok()?;
+    let mut inside = false;
+    let mut total = 0u64;
+    for line in text.lines() {
+        let head = line.split_whitespace().next().unwrap_or("");
+        if let Some((a, b)) = head.split_once('-') {
+            if let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) {
+                inside = a >= base && b <= base + len;
+                continue;
+            }
+        }
+        if inside {
+            if let Some(v) = line.strip_prefix("FilePmdMapped:") {
+                let kb: u64 = v.trim().trim_end_matches("kB").trim().parse().ok()?;
+                total += kb * 1024;
+            }
+        }
+    }
+    Some(total)
+}
+
+fn store_pmd(st: &Store) -> Option<(u64, u64)> {
+    let (base, reserved) = st.reservation();
+    Some((pmd_mapped(base, reserved)?, st.file_size()))
 }
 
 /// Checks sampled pages of every region against the pattern (and zeros past
@@ -606,6 +679,7 @@ fn bench_fs_inner(dir: &Path, cfg: &Config, say: &dyn Fn(String), run: &mut FsRu
         let t = Instant::now();
         let opts = StoreOptions {
             growth: Growth::Exact,
+            advice: cfg.advice,
             ..StoreOptions::default()
         };
         let want_plain = bare_ok && cfg.has(Part::Resize);
@@ -620,7 +694,7 @@ fn bench_fs_inner(dir: &Path, cfg: &Config, say: &dyn Fn(String), run: &mut FsRu
         if cfg.has(Part::Resize) {
             let reserve = run.file_size + 4 * (cfg.steps as u64 + 2) * cfg.step;
             let plain = plain
-                .map(|f| Plain::new(f, reserve, ctx.page))
+                .map(|f| Plain::new(f, reserve, ctx.page, cfg.advice))
                 .transpose()?;
             resize_phases(&ctx, run, &mut st, plain)?;
             verify_store(&st, cfg.regions, region_len)?;
@@ -667,10 +741,11 @@ struct Plain {
     mapped: bool,
     buf: Vec<u8>,
     page: usize,
+    advice: Advice,
 }
 
 impl Plain {
-    fn new(f: File, reserve: u64, page: usize) -> Res<Plain> {
+    fn new(f: File, reserve: u64, page: usize, advice: Advice) -> Res<Plain> {
         let reserve = usize::try_from(reserve.next_multiple_of(GIB)).map_err(es)?;
         Ok(Plain {
             f,
@@ -678,7 +753,17 @@ impl Plain {
             mapped: false,
             buf: Vec::new(),
             page,
+            advice,
         })
+    }
+
+    /// The store's advice, over the whole mapping (as `Store` does).
+    fn advise(&self) -> Res<()> {
+        let n = self.map.mapped();
+        if self.advice != Advice::Normal && n > 0 {
+            self.map.advise(0, n, self.advice).map_err(es)?;
+        }
+        Ok(())
     }
 
     fn size(&self) -> Res<u64> {
@@ -701,6 +786,7 @@ impl Plain {
             // SAFETY: as above; `len` is the file's current size, so every
             // mapped page is backed by the file.
             unsafe { self.map.map_file(&self.f, len as usize) }.map_err(es)?;
+            self.advise()?;
         }
         Ok(())
     }
@@ -713,6 +799,7 @@ impl Plain {
             // SAFETY: as in `set_mapped`; nothing touched the mapping since
             // the size changed.
             unsafe { self.map.map_file(&self.f, len as usize) }.map_err(es)?;
+            self.advise()?;
         }
         Ok(())
     }
@@ -730,7 +817,7 @@ impl Plain {
             self.map.map_file(&self.f, at as usize).map_err(es)?;
             self.map.map_file(&self.f, len as usize).map_err(es)?;
         }
-        Ok(())
+        self.advise()
     }
 
     /// Fills the page cache: through the mapping when mapped, else `read`.
@@ -804,6 +891,7 @@ fn resize_phases(
             run.touch_warm.samples.push(s);
         }
     }
+    run.pmd_warm = store_pmd(st);
 
     let halves: Vec<Vec<M>> = if plain.is_some() {
         vec![
@@ -918,6 +1006,7 @@ fn resize_phases(
         for grow in [true, false] {
             let (s, _) = timed(ctx.dev(), || touch_store(st, cfg.regions, ctx.page))?;
             run.touch_after.samples.push(s);
+            run.pmd_after = store_pmd(st);
             for j in 0..methods.len() {
                 let m = methods[(rep + j) % methods.len()];
                 if m != M::Budge {
@@ -1013,11 +1102,15 @@ fn one_sample(
     Ok(s)
 }
 
-/// The default growth policy with the same appends.
+/// The default growth policy with the same appends, warm: every region is
+/// touched through the mapping before the first call and again (timed, the
+/// re-touch) after each call that shifted, so every call starts with the
+/// whole store cached, as in the warm resize series.
 fn amortized(ctx: &Ctx<'_>, run: &mut FsRun, path: &Path) -> Res<Store> {
     let cfg = ctx.cfg;
     let opts = StoreOptions {
         growth: Growth::Amortized,
+        advice: cfg.advice,
         ..StoreOptions::default()
     };
     let mut st = Store::open(path, &opts).map_err(es)?;
@@ -1025,32 +1118,45 @@ fn amortized(ctx: &Ctx<'_>, run: &mut FsRun, path: &Path) -> Res<Store> {
     let len0 = run.region_len;
     let mut a = Amortized::default();
     (ctx.say)(format!(
-        "  amortized: {} appends of {} with Growth::Amortized...",
+        "  amortized: {} appends of {} with Growth::Amortized, warm...",
         cfg.steps,
         fmt_bytes(cfg.step)
     ));
+    touch_store(&st, cfg.regions, ctx.page)?;
+    touch_store(&st, cfg.regions, ctx.page)?;
+    a.pmd = store_pmd(&st);
     let t0 = Instant::now();
     let mut done = 0;
+    let one = |st: &mut Store, a: &mut Amortized, len: u64, grow: bool| -> Res<()> {
+        let (s, rep) = timed(ctx.dev(), || st.resize(&r0, len).map_err(es))?;
+        let shifted = rep.shift.is_some();
+        if grow {
+            a.grow_shifts += usize::from(shifted);
+            a.grows.samples.push(s);
+            a.grow_shifted.push(shifted);
+        } else {
+            a.shrink_shifts += usize::from(shifted);
+            a.shrinks.samples.push(s);
+            a.shrink_shifted.push(shifted);
+        }
+        if shifted {
+            let (t, _) = timed(ctx.dev(), || touch_store(st, cfg.regions, ctx.page))?;
+            a.retouch.samples.push(t);
+        }
+        Ok(())
+    };
     for k in 1..=cfg.steps {
         if k > 1 && t0.elapsed().as_secs_f64() > cfg.budget / 2.0 {
             run.notes
                 .push(format!("amortized appends stopped after {}", k - 1));
             break;
         }
-        let (s, rep) = timed(ctx.dev(), || {
-            st.resize(&r0, len0 + k as u64 * cfg.step).map_err(es)
-        })?;
-        a.grow_shifts += usize::from(rep.shift.is_some());
-        a.grows.samples.push(s);
+        one(&mut st, &mut a, len0 + k as u64 * cfg.step, true)?;
         done = k;
     }
     a.capacity_after_grows = st.region(&r0).map_or(0, |r| r.capacity);
     for k in (0..done).rev() {
-        let (s, rep) = timed(ctx.dev(), || {
-            st.resize(&r0, len0 + k as u64 * cfg.step).map_err(es)
-        })?;
-        a.shrink_shifts += usize::from(rep.shift.is_some());
-        a.shrinks.samples.push(s);
+        one(&mut st, &mut a, len0 + k as u64 * cfg.step, false)?;
     }
     a.capacity_after_shrinks = st.region(&r0).map_or(0, |r| r.capacity);
     // The same appends to an empty region, computed with the policy itself.
