@@ -97,6 +97,33 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Relocate a file's fragmented ranges into as few extents as the
+    /// filesystem gives, in bounded chunks, under live mappings (move-ext on
+    /// ext4, dedupe on XFS and btrfs; copy-rename, not coherent for other
+    /// openers, where nothing else works).
+    Defrag {
+        file: PathBuf,
+        /// Only this range: OFFSET LEN.
+        #[arg(long, num_args = 2, value_names = ["OFFSET", "LEN"], value_parser = parse_size)]
+        range: Option<Vec<u64>>,
+        /// Extents shorter than this count as fragments.
+        #[arg(long, default_value = "1M", value_parser = parse_size)]
+        threshold: u64,
+        /// The most bytes moved in one step.
+        #[arg(long, default_value = "16M", value_parser = parse_size)]
+        chunk: u64,
+        /// Force one strategy: move-ext, dedupe, btrfs-defrag, copy-rename.
+        #[arg(long)]
+        strategy: Option<budge::RelocateStrategy>,
+        /// Also move shared (reflinked) extents, unsharing them.
+        #[arg(long)]
+        unshare: bool,
+        /// Report what would be moved; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Benchmark insert/collapse strategies against a naive rewrite.
     Bench(bench::BenchArgs),
     /// A store: named growable arrays in one memory-mapped file.
@@ -277,6 +304,27 @@ fn run(cmd: Cmd) -> CliResult {
             let r = budge::snap::snapshot_to(&file, &out, force, &opts);
             progress.finish();
             output::print_snap(&file, &out, &r?, json)?;
+        }
+        Cmd::Defrag {
+            file,
+            range,
+            threshold,
+            chunk,
+            strategy,
+            unshare,
+            dry_run,
+            json,
+        } => {
+            let opts = budge::RelocateOptions {
+                range: range.map(|v| (v[0], v[1])),
+                threshold,
+                chunk,
+                strategy,
+                unshare,
+                dry_run,
+            };
+            let r = budge::relocate_path(&file, &opts)?;
+            output::print_relocate(&file, &r, json)?;
         }
         Cmd::Bench(args) => bench::run(&args)?,
         Cmd::Store(cmd) => store_cmd::run(cmd)?,

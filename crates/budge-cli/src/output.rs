@@ -322,3 +322,57 @@ impl Progress {
         }
     }
 }
+
+pub fn print_relocate(file: &Path, r: &budge::RelocateReport, json: bool) -> Res {
+    if json {
+        let skipped: Vec<_> = r
+            .chunks_skipped
+            .iter()
+            .map(|c| json!({"offset": c.offset, "len": c.len, "reason": c.reason.to_string()}))
+            .collect();
+        return emit(&json!({
+            "operation": "defrag",
+            "file": file,
+            "strategy": r.strategy.name(),
+            "coherent": r.coherent,
+            "dry_run": r.dry_run,
+            "offset": r.range.0,
+            "len": r.range.1,
+            "extents_before": r.extents_before,
+            "extents_after": r.extents_after,
+            "bytes_moved": r.bytes_moved,
+            "chunks": r.chunks,
+            "chunks_moved": r.chunks_moved,
+            "chunks_skipped": skipped,
+            "notes": r.notes,
+            "elapsed_ms": r.elapsed.as_secs_f64() * 1e3,
+        }));
+    }
+    let mut o = std::io::stdout().lock();
+    writeln!(
+        o,
+        "defrag {}{}: strategy {}, extents {} -> {}, {} moved, {} of {} fragmented chunks moved, {:.1} ms",
+        file.display(),
+        if r.dry_run { " (dry run)" } else { "" },
+        r.strategy,
+        r.extents_before,
+        r.extents_after,
+        human_size(r.bytes_moved),
+        r.chunks_moved,
+        r.chunks,
+        r.elapsed.as_secs_f64() * 1e3
+    )?;
+    for c in &r.chunks_skipped {
+        writeln!(
+            o,
+            "  skipped {} at {}: {}",
+            human_size(c.len),
+            human_size(c.offset),
+            c.reason
+        )?;
+    }
+    for n in &r.notes {
+        writeln!(o, "  note: {n}")?;
+    }
+    Ok(())
+}

@@ -246,3 +246,67 @@ fs_test!(snap_copies_point_in_time_and_refuses_to_clobber, |fs| {
     );
     assert_eq!(std::fs::read(&out).unwrap(), b"v2");
 });
+
+fs_test!(defrag_reports_and_keeps_content, |fs| {
+    let (f, d) = common::fragmented(fs, "f", 4 << 20, 11);
+    drop(f);
+    let p = fs.path("f");
+    let p = p.to_str().unwrap();
+    let extents = matches!(fs.kind, "xfs" | "btrfs" | "ext4");
+    // Dry run: reports, changes nothing.
+    let v = json(&budge(&[
+        "defrag",
+        p,
+        "--chunk",
+        "1M",
+        "--dry-run",
+        "--json",
+    ]));
+    assert_eq!(v["dry_run"], true, "{v}");
+    assert_eq!(v["extents_after"], v["extents_before"], "{v}");
+    let v = json(&budge(&["defrag", p, "--chunk", "1M", "--json"]));
+    assert_eq!(v["operation"], "defrag");
+    assert_eq!(std::fs::read(fs.path("f")).unwrap(), d);
+    let (before, after) = (
+        v["extents_before"].as_u64().unwrap(),
+        v["extents_after"].as_u64().unwrap(),
+    );
+    if extents {
+        assert!(after < before, "{v}");
+        assert!(v["bytes_moved"].as_u64().unwrap() > 0, "{v}");
+        assert_eq!(v["coherent"], true, "{v}");
+        let want = if fs.kind == "ext4" {
+            "move-ext"
+        } else {
+            "dedupe"
+        };
+        assert_eq!(v["strategy"], want, "{v}");
+    } else {
+        assert_eq!(v["strategy"], "none", "{v}");
+    }
+    // Text output, a range, a forced strategy.
+    let o = budge(&[
+        "defrag",
+        p,
+        "--range",
+        "0",
+        "1M",
+        "--strategy",
+        "copy-rename",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("strategy copy-rename") && out.contains("not coherent"),
+        "{out}"
+    );
+    assert_eq!(std::fs::read(fs.path("f")).unwrap(), d);
+    // Bad strategy: usage error; missing file: failure naming it.
+    assert_eq!(
+        budge(&["defrag", p, "--strategy", "magic"]).status.code(),
+        Some(2)
+    );
+    let o = budge(&["defrag", "/nonexistent/budge-f"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent/budge-f"));
+});

@@ -33,6 +33,7 @@ pub mod error;
 pub mod extents;
 pub mod map;
 pub mod range;
+pub mod relocate;
 pub mod shift;
 pub mod snap;
 pub mod store;
@@ -40,6 +41,7 @@ pub mod strategy;
 pub mod sys;
 
 pub use error::{Error, ErrorKind, Result};
+pub use relocate::{relocate, relocate_path, RelocateOptions, RelocateReport, RelocateStrategy};
 pub use shift::{collapse, insert, ShiftOptions, ShiftReport};
 pub use store::{Store, StoreOptions};
 pub use strategy::{Policy, Strategy};

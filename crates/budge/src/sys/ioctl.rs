@@ -1,5 +1,6 @@
-//! Typed wrappers for the ioctls rustix does not wrap: FICLONERANGE, FIEMAP,
-//! EXT4_IOC_MOVE_EXT, XFS_IOC_EXCHANGE_RANGE and FS_IOC_SHUTDOWN.
+//! Typed wrappers for the ioctls rustix does not wrap: FICLONERANGE,
+//! FIDEDUPERANGE, FIEMAP, EXT4_IOC_MOVE_EXT, BTRFS_IOC_DEFRAG_RANGE,
+//! XFS_IOC_EXCHANGE_RANGE and FS_IOC_SHUTDOWN.
 //!
 //! Each kernel struct is `#[repr(C)]` with the layout from the kernel's uapi
 //! headers, checked by a size assertion; each call goes through
@@ -55,6 +56,113 @@ pub fn ficlonerange<D: AsFd, S: AsFd>(
     // asserted above); the kernel only reads it, and `src_fd` is a borrowed,
     // open descriptor for the duration of the call.
     unsafe { ioctl(dst, Setter::<FICLONERANGE, FileCloneRange>::new(arg)) }.map_err(Into::into)
+}
+
+/// `struct file_dedupe_range` from `<linux/fs.h>`, without its flexible
+/// `info[]` array.
+#[repr(C)]
+struct FileDedupeRangeHeader {
+    src_offset: u64,
+    src_length: u64,
+    dest_count: u16,
+    reserved1: u16,
+    reserved2: u32,
+}
+const _: () = assert!(std::mem::size_of::<FileDedupeRangeHeader>() == 24);
+
+/// `struct file_dedupe_range_info` from `<linux/fs.h>`.
+#[repr(C)]
+struct FileDedupeRangeInfo {
+    dest_fd: i64,
+    dest_offset: u64,
+    bytes_deduped: u64,
+    status: i32,
+    reserved: u32,
+}
+const _: () = assert!(std::mem::size_of::<FileDedupeRangeInfo>() == 32);
+
+/// `struct file_dedupe_range` with exactly one `info[]` element.
+#[repr(C)]
+struct FileDedupeRangeOne {
+    header: FileDedupeRangeHeader,
+    info: FileDedupeRangeInfo,
+}
+const _: () = assert!(std::mem::size_of::<FileDedupeRangeOne>() == 56);
+// The opcode encodes the header's size only, as in the kernel's
+// `#define FIDEDUPERANGE _IOWR(0x94, 54, struct file_dedupe_range)`.
+const FIDEDUPERANGE: Opcode = opcode::read_write::<FileDedupeRangeHeader>(0x94, 54);
+
+/// `FILE_DEDUPE_RANGE_DIFFERS`: the ranges' contents were not equal.
+const FILE_DEDUPE_RANGE_DIFFERS: i32 = 1;
+
+/// What one [`fideduperange`] call did.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Dedupe {
+    /// Bytes of the destination that now share the source's blocks (may be
+    /// less than asked: btrfs stops at 16 MiB per call).
+    pub bytes_deduped: u64,
+    /// The kernel found the contents different and remapped nothing
+    /// (`FILE_DEDUPE_RANGE_DIFFERS`).
+    pub differs: bool,
+}
+
+/// `ioctl(src, FIDEDUPERANGE, {src_offset, len, [{dst, dst_offset}]})`:
+/// if `src[src_offset..+len]` and `dst[dst_offset..+len]` hold the same
+/// bytes, make the destination share the source's blocks. The kernel locks
+/// both inodes, writes back and compares the pages, and remaps only when they
+/// are equal, so the destination's content never changes.
+///
+/// # Errors
+/// `EOPNOTSUPP`/`EINVAL` where the filesystem cannot share blocks (ext4,
+/// tmpfs), `EXDEV` across filesystems, `EPERM`/`EACCES` when `dst` is not
+/// open for writing (and the caller is not its owner), or the negative
+/// per-destination status the kernel stores in `info[0].status`.
+///
+/// # References
+/// - <https://man7.org/linux/man-pages/man2/ioctl_fideduperange.2.html>
+#[doc(alias = "FIDEDUPERANGE")]
+pub fn fideduperange<S: AsFd, D: AsFd>(
+    src: S,
+    src_offset: u64,
+    len: u64,
+    dst: D,
+    dst_offset: u64,
+) -> io::Result<Dedupe> {
+    let mut arg = FileDedupeRangeOne {
+        header: FileDedupeRangeHeader {
+            src_offset,
+            src_length: len,
+            dest_count: 1,
+            reserved1: 0,
+            reserved2: 0,
+        },
+        info: FileDedupeRangeInfo {
+            dest_fd: i64::from(dst.as_fd().as_raw_fd()),
+            dest_offset: dst_offset,
+            bytes_deduped: 0,
+            status: 0,
+            reserved: 0,
+        },
+    };
+    // SAFETY: FIDEDUPERANGE reads a `struct file_dedupe_range` and
+    // `dest_count` (= 1) `struct file_dedupe_range_info` elements directly
+    // after it, and writes `bytes_deduped` and `status` back into them;
+    // `FileDedupeRangeOne` is `repr(C)` with the header first and exactly one
+    // info element after it (sizes asserted above). `dest_fd` is an open,
+    // borrowed descriptor for the duration of the call.
+    unsafe {
+        ioctl(
+            src,
+            Updater::<FIDEDUPERANGE, FileDedupeRangeOne>::new(&mut arg),
+        )
+    }?;
+    match arg.info.status {
+        s if s < 0 => Err(io::Error::from_raw_os_error(-s)),
+        s => Ok(Dedupe {
+            bytes_deduped: arg.info.bytes_deduped,
+            differs: s == FILE_DEDUPE_RANGE_DIFFERS,
+        }),
+    }
 }
 
 /// `struct fiemap` header from `<linux/fiemap.h>`.
@@ -217,6 +325,64 @@ pub fn ext4_move_ext<O: AsFd, D: AsFd>(
         )
     }?;
     Ok(arg.moved_len)
+}
+
+/// `struct btrfs_ioctl_defrag_range_args` from `<linux/btrfs.h>`.
+#[repr(C)]
+struct BtrfsDefragRangeArgs {
+    start: u64,
+    len: u64,
+    flags: u64,
+    extent_thresh: u32,
+    compress_type: u32,
+    unused: [u32; 4],
+}
+const _: () = assert!(std::mem::size_of::<BtrfsDefragRangeArgs>() == 48);
+const BTRFS_IOC_DEFRAG_RANGE: Opcode = opcode::write::<BtrfsDefragRangeArgs>(0x94, 16);
+
+/// `BTRFS_DEFRAG_RANGE_START_IO`: start writeback of the rewritten range
+/// before returning (without it the new extents are only allocated at the
+/// next writeback).
+pub const BTRFS_DEFRAG_RANGE_START_IO: u64 = 2;
+
+/// `ioctl(fd, BTRFS_IOC_DEFRAG_RANGE, {start, len, flags, extent_thresh})`:
+/// btrfs rewrites, through the page cache, the extents of
+/// `[start, start+len)` smaller than `extent_thresh` bytes (0: the kernel's
+/// default) into new, larger extents. Content is unchanged; reflinked or
+/// snapshotted extents are unshared by the rewrite.
+///
+/// # Errors
+/// `ENOTTY` outside btrfs, `EINVAL` for unknown flags, `ENOSPC`.
+///
+/// # References
+/// - <https://btrfs.readthedocs.io/en/latest/btrfs-filesystem.html> (defragment)
+/// - `fs/btrfs/ioctl.c`, `btrfs_ioctl_defrag()` in the Linux sources
+#[doc(alias = "BTRFS_IOC_DEFRAG_RANGE")]
+pub fn btrfs_defrag_range<Fd: AsFd>(
+    fd: Fd,
+    start: u64,
+    len: u64,
+    flags: u64,
+    extent_thresh: u32,
+) -> io::Result<()> {
+    let arg = BtrfsDefragRangeArgs {
+        start,
+        len,
+        flags,
+        extent_thresh,
+        compress_type: 0,
+        unused: [0; 4],
+    };
+    // SAFETY: BTRFS_IOC_DEFRAG_RANGE is a write ioctl reading a
+    // `struct btrfs_ioctl_defrag_range_args`, reproduced by
+    // `BtrfsDefragRangeArgs` (size asserted); the kernel only reads it.
+    unsafe {
+        ioctl(
+            fd,
+            Setter::<BTRFS_IOC_DEFRAG_RANGE, BtrfsDefragRangeArgs>::new(arg),
+        )
+    }
+    .map_err(Into::into)
 }
 
 /// `struct xfs_exchange_range` from `<xfs/xfs_fs.h>` (Linux 6.10+).

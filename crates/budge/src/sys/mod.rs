@@ -18,7 +18,8 @@ use rustix::fs::{FallocateFlags, Mode, OFlags, SeekFrom};
 use rustix::io::Errno;
 
 pub use ioctl::{
-    ext4_move_ext, ficlonerange, fiemap, fs_shutdown, xfs_exchange_range, RawExtent, ShutdownMode,
+    btrfs_defrag_range, ext4_move_ext, ficlonerange, fideduperange, fiemap, fs_shutdown,
+    xfs_exchange_range, Dedupe, RawExtent, ShutdownMode, BTRFS_DEFRAG_RANGE_START_IO,
     FIEMAP_FLAG_SYNC,
 };
 

@@ -461,3 +461,71 @@ impl Drop for Worker {
         }
     }
 }
+
+/// The piece size of [`fragmented`] files.
+pub const PIECE: usize = 64 << 10;
+
+/// A file of `size` bytes whose `PIECE`-sized pieces were written
+/// interleaved with a filler file, each write synced and each file reopened
+/// for it (closing drops ext4's per-inode preallocation) and both sized in
+/// advance (no XFS speculative preallocation), so its extents are
+/// physically scattered; the filler is then removed, leaving free gaps.
+pub fn fragmented(fs: &TestFs, name: &str, size: usize, seed: u64) -> (File, Vec<u8>) {
+    let d = data(size, seed);
+    let fname = format!("{name}.filler");
+    fs.file_with(name, &[]).set_len(size as u64).unwrap();
+    fs.file_with(&fname, &[]).set_len(size as u64).unwrap();
+    let junk = data(PIECE, seed + 1);
+    let open = |n: &str| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(fs.path(n))
+            .unwrap()
+    };
+    for (i, piece) in d.chunks(PIECE).enumerate() {
+        let f = open(name);
+        f.write_all_at(piece, (i * PIECE) as u64).unwrap();
+        f.sync_data().unwrap();
+        drop(f);
+        let g = open(&fname);
+        g.write_all_at(&junk, (i * PIECE) as u64).unwrap();
+        g.sync_data().unwrap();
+    }
+    std::fs::remove_file(fs.path(&fname)).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(fs.path(name))
+        .unwrap();
+    if fs.kind == "ext4" {
+        scatter_ext4(fs, &f, size);
+    }
+    (f, d)
+}
+
+/// ext4's allocator places each write right after the file's previous
+/// extent whatever else is written in between, so the interleaving above
+/// leaves one extent. Scatter the odd pieces instead: move each onto blocks
+/// preallocated in its own donor file (all kept open until the end, so freed
+/// blocks are not reused in place).
+pub fn scatter_ext4(fs: &TestFs, f: &File, size: usize) {
+    let bs = budge::sys::fs_info(f).unwrap().block_size;
+    let mut donors = Vec::new();
+    for i in (1..size / PIECE).step_by(2) {
+        let off = (i * PIECE) as u64;
+        let donor = tempfile::tempfile_in(fs.dir.path()).unwrap();
+        donor.set_len(size as u64).unwrap();
+        budge::sys::fallocate(
+            &donor,
+            budge::sys::Falloc::AllocateKeepSize,
+            off,
+            PIECE as u64,
+        )
+        .unwrap();
+        let n =
+            budge::sys::ext4_move_ext(f, &donor, off / bs, off / bs, PIECE as u64 / bs).unwrap();
+        assert_eq!(n, PIECE as u64 / bs);
+        donors.push(donor);
+    }
+    f.sync_all().unwrap();
+}

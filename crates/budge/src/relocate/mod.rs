@@ -1,0 +1,859 @@
+//! Relocation (defragmentation): move a file's data to new, less fragmented
+//! blocks while it stays open and mapped.
+//!
+//! The range is cut into bounded chunks ([`RelocateOptions::chunk`]); only
+//! chunks that are fragmented (two or more physically separate pieces, one
+//! of them shorter than [`RelocateOptions::threshold`]) are moved, one at a
+//! time, so a large file is relocated incrementally. Each chunk either
+//! completes or is left as it was, with the reason in the report.
+//!
+//! Strategies, tried in order per filesystem (a strategy the kernel refuses
+//! on the first chunk, having changed nothing, falls back to the next):
+//!
+//! - [`RelocateStrategy::MoveExt`] (ext4): a preallocated donor file and
+//!   `EXT4_IOC_MOVE_EXT`, which swaps blocks under the page lock.
+//! - [`RelocateStrategy::Dedupe`] (XFS, btrfs): copy the chunk into a
+//!   preallocated donor, then `FIDEDUPERANGE` donor → file, which remaps
+//!   only if the bytes are still equal. A concurrent write makes the chunk
+//!   "differs", skipped and untouched.
+//! - [`RelocateStrategy::BtrfsDefrag`] (btrfs): `BTRFS_IOC_DEFRAG_RANGE`
+//!   per chunk.
+//! - [`RelocateStrategy::CopyRename`] (anywhere, only through
+//!   [`relocate_path`]): copy into a new file and rename it over the path.
+//!   Not coherent: other openers keep the old inode.
+//!
+//! All but `CopyRename` keep the inode and its page cache: a process reading
+//! through `MAP_SHARED` sees the same bytes throughout.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::extents::{extents_in, flags, Extent};
+use crate::range::{align_down, align_up, fmt_size};
+use crate::sys::{self, probe::Capabilities, Falloc, FsKind};
+
+/// How a relocation moves data.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum RelocateStrategy {
+    /// ext4 `EXT4_IOC_MOVE_EXT` from a preallocated donor file.
+    MoveExt,
+    /// Copy into a preallocated donor, then `FIDEDUPERANGE` donor → file.
+    Dedupe,
+    /// btrfs `BTRFS_IOC_DEFRAG_RANGE`.
+    BtrfsDefrag,
+    /// Copy into a new file and rename it over the path (not coherent).
+    CopyRename,
+    /// Nothing to do: no fragmented chunk, or no extents (tmpfs).
+    Nothing,
+}
+
+impl RelocateStrategy {
+    /// The name used by the CLI and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            RelocateStrategy::MoveExt => "move-ext",
+            RelocateStrategy::Dedupe => "dedupe",
+            RelocateStrategy::BtrfsDefrag => "btrfs-defrag",
+            RelocateStrategy::CopyRename => "copy-rename",
+            RelocateStrategy::Nothing => "none",
+        }
+    }
+
+    /// The strategies a caller may force.
+    pub const FORCEABLE: [RelocateStrategy; 4] = [
+        RelocateStrategy::MoveExt,
+        RelocateStrategy::Dedupe,
+        RelocateStrategy::BtrfsDefrag,
+        RelocateStrategy::CopyRename,
+    ];
+
+    /// Whether processes that hold the file open (or mapped) keep seeing it.
+    pub fn coherent(self) -> bool {
+        self != RelocateStrategy::CopyRename
+    }
+}
+
+impl std::fmt::Display for RelocateStrategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for RelocateStrategy {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Self::FORCEABLE
+            .into_iter()
+            .find(|st| st.name() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown strategy {s:?} (expected move-ext, dedupe, btrfs-defrag or copy-rename)"
+                )
+            })
+    }
+}
+
+/// Default [`RelocateOptions::threshold`]: 1 MiB. A sequential read of an
+/// extent this size costs about as long as one seek on a disk (≈ 1 MiB at
+/// 150 MB/s ≈ 7 ms) and far more than an SSD's per-request overhead, so
+/// extents at least this long are not worth moving; it is also between the
+/// kernel's own defaults (btrfs 256 KiB, e4defrag/xfs_fsr "any gain").
+pub const DEFAULT_THRESHOLD: u64 = 1 << 20;
+
+/// Default [`RelocateOptions::chunk`]: 16 MiB, the most btrfs dedupes per
+/// call, and small enough that one chunk's donor fits in tight free space.
+pub const DEFAULT_CHUNK: u64 = 16 << 20;
+
+/// Options for [`relocate`] and [`relocate_path`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelocateOptions {
+    /// `(offset, len)` to relocate; the whole file when `None`. Rounded out
+    /// to whole blocks and clipped to EOF.
+    pub range: Option<(u64, u64)>,
+    /// An extent shorter than this counts as a fragment.
+    pub threshold: u64,
+    /// The most bytes moved in one step (rounded to whole blocks).
+    pub chunk: u64,
+    /// Force one strategy (no fallback).
+    pub strategy: Option<RelocateStrategy>,
+    /// Also move chunks holding shared (reflinked) extents, unsharing them.
+    pub unshare: bool,
+    /// Report what would be done, change nothing.
+    pub dry_run: bool,
+}
+
+impl Default for RelocateOptions {
+    fn default() -> Self {
+        RelocateOptions {
+            range: None,
+            threshold: DEFAULT_THRESHOLD,
+            chunk: DEFAULT_CHUNK,
+            strategy: None,
+            unshare: false,
+            dry_run: false,
+        }
+    }
+}
+
+/// Why a fragmented chunk was left as it was.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SkipReason {
+    /// It holds shared (reflinked) extents and `unshare` is off.
+    Shared,
+    /// It holds holes (relocating would fill them).
+    Holes,
+    /// Inline or encoded (compressed) data.
+    Special,
+    /// The donor's allocation was no better (`donor` vs `file` pieces).
+    DonorNotBetter {
+        /// Pieces in the donor's allocation.
+        donor: u64,
+        /// Pieces in the file's chunk.
+        file: u64,
+    },
+    /// The bytes changed under the relocation (a concurrent write): the
+    /// kernel compared them and remapped nothing.
+    Differs,
+    /// No space for the donor.
+    NoSpace,
+    /// The kernel kept finding the range busy (ext4 `EBUSY`: pages being
+    /// written concurrently); the part not yet moved was left as it was.
+    Busy,
+    /// The filesystem made no change (btrfs defrag judged it fine).
+    Unchanged,
+}
+
+impl std::fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SkipReason::Shared => f.write_str("shared extents (use unshare)"),
+            SkipReason::Holes => f.write_str("holes"),
+            SkipReason::Special => f.write_str("inline or encoded data"),
+            SkipReason::DonorNotBetter { donor, file } => {
+                write!(f, "donor allocation no better ({donor} pieces vs {file})")
+            }
+            SkipReason::Differs => f.write_str("differs: changed concurrently, left as it was"),
+            SkipReason::NoSpace => f.write_str("no space for the donor"),
+            SkipReason::Busy => f.write_str("busy: being written concurrently"),
+            SkipReason::Unchanged => f.write_str("the filesystem left it unchanged"),
+        }
+    }
+}
+
+/// A fragmented chunk that was not moved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SkippedChunk {
+    /// Byte offset.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// Why.
+    pub reason: SkipReason,
+}
+
+/// What a relocation did (or, with `dry_run`, would do).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelocateReport {
+    /// The strategy that ran (or would run).
+    pub strategy: RelocateStrategy,
+    /// False for `CopyRename`: other openers keep the old inode.
+    pub coherent: bool,
+    /// The relocated range `(offset, len)` after rounding and clipping.
+    pub range: (u64, u64),
+    /// Extents in the range before (0 where the filesystem has none).
+    pub extents_before: u64,
+    /// Extents in the range after.
+    pub extents_after: u64,
+    /// Bytes whose physical location changed (with `dry_run`: the bytes of
+    /// the fragmented chunks).
+    pub bytes_moved: u64,
+    /// Fragmented chunks found.
+    pub chunks: u64,
+    /// Of those, chunks moved.
+    pub chunks_moved: u64,
+    /// Of those, chunks left as they were, with the reason.
+    pub chunks_skipped: Vec<SkippedChunk>,
+    /// Strategies tried and abandoned, with the reason.
+    pub notes: Vec<String>,
+    /// Nothing was changed on purpose.
+    pub dry_run: bool,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// Relocates the fragmented chunks of `file` (open read-write) in place,
+/// keeping its inode: coherent with other openers and live mappings.
+///
+/// # Errors
+/// `InvalidArgument` for a bad file or range, `Unsupported` when a forced
+/// strategy cannot run (or none can: use [`relocate_path`] for the copy
+/// fallback), `Io` for unexpected kernel errors. Chunks not moved for an
+/// expected reason (concurrent write, no space) are reported, not errors.
+pub fn relocate(file: &File, opts: &RelocateOptions) -> Result<RelocateReport> {
+    relocate_inner(file, None, opts)
+}
+
+/// [`relocate`] by path, which adds the [`RelocateStrategy::CopyRename`]
+/// fallback (or forced strategy): copy into a new file in the same directory
+/// and rename it over `path`. That is *not coherent*: processes holding the
+/// old file open or mapped keep the old inode and do not see later writes.
+///
+/// # Errors
+/// As for [`relocate`], plus `NotFound` for a missing path and `Conflict`
+/// when the file changed during the copy (the original is then kept).
+pub fn relocate_path(path: &Path, opts: &RelocateOptions) -> Result<RelocateReport> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::os("relocate", "open", e).with_path(path))?;
+    relocate_inner(&file, Some(path), opts).map_err(|e| e.with_path(path))
+}
+
+/// A chunk of the range and its extents at planning time.
+struct Chunk {
+    offset: u64,
+    len: u64,
+    pieces: u64,
+    skip: Option<SkipReason>,
+}
+
+/// Counts physically separate pieces: adjacent extents that continue each
+/// other on disk count once.
+fn pieces(ext: &[Extent]) -> u64 {
+    let mut n = 0;
+    let mut prev: Option<&Extent> = None;
+    for e in ext {
+        let joined = prev.is_some_and(|p| {
+            p.logical + p.length == e.logical
+                && p.physical != 0
+                && p.physical + p.length == e.physical
+        });
+        if !joined {
+            n += 1;
+        }
+        prev = Some(e);
+    }
+    n
+}
+
+/// Bytes of `after` whose physical location differs from `before`.
+fn moved_bytes(before: &[Extent], after: &[Extent]) -> u64 {
+    let mut moved = 0;
+    for a in after {
+        let mut same = 0;
+        for b in before {
+            let lo = a.logical.max(b.logical);
+            let hi = (a.logical + a.length).min(b.logical + b.length);
+            if lo < hi
+                && a.physical != 0
+                && a.physical.wrapping_sub(a.logical) == b.physical.wrapping_sub(b.logical)
+            {
+                same += hi - lo;
+            }
+        }
+        moved += a.length - same.min(a.length);
+    }
+    moved
+}
+
+/// Plans the chunks of `[start, end)`: which are fragmented, and which of
+/// those must be skipped whatever the strategy.
+fn plan(ext: &[Extent], start: u64, end: u64, chunk: u64, opts: &RelocateOptions) -> Vec<Chunk> {
+    let mut out = Vec::new();
+    let mut at = start;
+    while at < end {
+        let stop = (at + chunk).min(end);
+        let here: Vec<Extent> = ext
+            .iter()
+            .filter(|e| e.logical < stop && e.logical + e.length > at)
+            .copied()
+            .collect();
+        let n = pieces(&here);
+        let small = here.iter().any(|e| e.length < opts.threshold);
+        if n >= 2 && small {
+            let covered: u64 = here
+                .iter()
+                .map(|e| (e.logical + e.length).min(stop) - e.logical.max(at))
+                .sum();
+            let any = |f: u32| here.iter().any(|e| e.flags & f != 0);
+            let skip = if covered < stop - at {
+                Some(SkipReason::Holes)
+            } else if any(flags::DATA_INLINE | flags::ENCODED | flags::DATA_TAIL) {
+                Some(SkipReason::Special)
+            } else if any(flags::SHARED) && !opts.unshare {
+                Some(SkipReason::Shared)
+            } else {
+                None
+            };
+            out.push(Chunk {
+                offset: at,
+                len: stop - at,
+                pieces: n,
+                skip,
+            });
+        }
+        at = stop;
+    }
+    out
+}
+
+fn order(kind: FsKind, path: bool) -> Vec<RelocateStrategy> {
+    use RelocateStrategy::*;
+    let mut v = match kind {
+        FsKind::Ext4 => vec![MoveExt],
+        FsKind::Xfs => vec![Dedupe],
+        FsKind::Btrfs => vec![Dedupe, BtrfsDefrag],
+        FsKind::Tmpfs => return Vec::new(),
+        FsKind::Other(_) => vec![Dedupe, MoveExt, BtrfsDefrag],
+    };
+    if path {
+        v.push(CopyRename);
+    }
+    v
+}
+
+/// The outcome of one chunk.
+enum Step {
+    Moved,
+    Skipped(SkipReason),
+}
+
+struct Ctx<'a> {
+    file: &'a File,
+    caps: &'a Capabilities,
+    bs: u64,
+    size: u64,
+    op: String,
+}
+
+impl Ctx<'_> {
+    fn err(&self, call: &'static str) -> impl Fn(std::io::Error) -> Error + '_ {
+        move |e| Error::os(self.op.clone(), call, e)
+    }
+
+    /// A donor on the file's filesystem, as long as the file, with
+    /// `[offset, offset+len)` preallocated. `None` on ENOSPC.
+    fn donor(&self, offset: u64, len: u64) -> Result<Option<File>> {
+        let d = self
+            .caps
+            .temp_file_near(self.file)
+            .map_err(self.err("create donor file"))?;
+        sys::ftruncate(&d, self.size).map_err(self.err("ftruncate"))?;
+        let alen = align_up(len, self.bs).unwrap_or(len);
+        match sys::fallocate(&d, Falloc::AllocateKeepSize, offset, alen) {
+            Ok(()) => Ok(Some(d)),
+            Err(e) if crate::error::kind_of(&e) == ErrorKind::NoSpace => Ok(None),
+            Err(e) => Err(Error::os(self.op.clone(), "fallocate(donor)", e)),
+        }
+    }
+
+    fn check_donor(&self, donor: &File, c: &Chunk) -> Result<Option<SkipReason>> {
+        let d = pieces(&extents_in(donor, c.offset, c.len)?);
+        Ok((d >= c.pieces).then_some(SkipReason::DonorNotBetter {
+            donor: d,
+            file: c.pieces,
+        }))
+    }
+
+    fn move_ext(&self, c: &Chunk) -> Result<Step> {
+        let Some(donor) = self.donor(c.offset, c.len)? else {
+            return Ok(Step::Skipped(SkipReason::NoSpace));
+        };
+        if let Some(r) = self.check_donor(&donor, c)? {
+            return Ok(Step::Skipped(r));
+        }
+        fail::fail_point!("budge::relocate::before-swap");
+        let first = c.offset / self.bs;
+        let blocks = align_up(c.len, self.bs).unwrap_or(c.len) / self.bs;
+        let mut done = 0;
+        let mut busy = 0;
+        while done < blocks {
+            let n = match sys::ext4_move_ext(
+                self.file,
+                &donor,
+                first + done,
+                first + done,
+                blocks - done,
+            ) {
+                Ok(n) => n,
+                // Dirty or locked pages in the range (a concurrent write):
+                // write them back and retry a few times.
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()) => {
+                    busy += 1;
+                    if busy > 3 {
+                        return Ok(Step::Skipped(SkipReason::Busy));
+                    }
+                    sys::fdatasync(self.file).map_err(self.err("fdatasync"))?;
+                    continue;
+                }
+                Err(e) => return Err(Error::os(self.op.clone(), "EXT4_IOC_MOVE_EXT", e)),
+            };
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        Ok(Step::Moved)
+    }
+
+    fn dedupe(&self, c: &Chunk) -> Result<Step> {
+        let Some(donor) = self.donor(c.offset, c.len)? else {
+            return Ok(Step::Skipped(SkipReason::NoSpace));
+        };
+        // Copy through user space: copy_file_range would reflink here.
+        let mut buf = vec![0u8; (1 << 20).min(c.len as usize)];
+        let mut at = c.offset;
+        let end = c.offset + c.len;
+        while at < end {
+            let n = buf.len().min((end - at) as usize);
+            self.file
+                .read_exact_at(&mut buf[..n], at)
+                .map_err(self.err("pread"))?;
+            match donor.write_all_at(&buf[..n], at) {
+                Ok(()) => {}
+                Err(e) if crate::error::kind_of(&e) == ErrorKind::NoSpace => {
+                    return Ok(Step::Skipped(SkipReason::NoSpace))
+                }
+                Err(e) => return Err(Error::os(self.op.clone(), "pwrite(donor)", e)),
+            }
+            at += n as u64;
+        }
+        match sys::fdatasync(&donor) {
+            Ok(()) => {}
+            Err(e) if crate::error::kind_of(&e) == ErrorKind::NoSpace => {
+                return Ok(Step::Skipped(SkipReason::NoSpace))
+            }
+            Err(e) => return Err(Error::os(self.op.clone(), "fdatasync(donor)", e)),
+        }
+        if let Some(r) = self.check_donor(&donor, c)? {
+            return Ok(Step::Skipped(r));
+        }
+        fail::fail_point!("budge::relocate::before-swap");
+        let mut at = c.offset;
+        while at < end {
+            let d = sys::fideduperange(&donor, at, end - at, self.file, at)
+                .map_err(self.err("FIDEDUPERANGE"))?;
+            if d.differs {
+                return Ok(Step::Skipped(SkipReason::Differs));
+            }
+            if d.bytes_deduped == 0 {
+                break;
+            }
+            at += d.bytes_deduped;
+        }
+        Ok(Step::Moved)
+    }
+
+    fn btrfs_defrag(&self, c: &Chunk, threshold: u64) -> Result<Step> {
+        let thresh = u32::try_from(threshold.max(1)).unwrap_or(u32::MAX);
+        match sys::btrfs_defrag_range(
+            self.file,
+            c.offset,
+            c.len,
+            sys::BTRFS_DEFRAG_RANGE_START_IO,
+            thresh,
+        ) {
+            Ok(()) => {}
+            Err(e) if crate::error::kind_of(&e) == ErrorKind::NoSpace => {
+                return Ok(Step::Skipped(SkipReason::NoSpace))
+            }
+            Err(e) => return Err(Error::os(self.op.clone(), "BTRFS_IOC_DEFRAG_RANGE", e)),
+        }
+        sys::fdatasync(self.file).map_err(self.err("fdatasync"))?;
+        Ok(Step::Moved)
+    }
+}
+
+fn relocate_inner(
+    file: &File,
+    path: Option<&Path>,
+    opts: &RelocateOptions,
+) -> Result<RelocateReport> {
+    let t0 = Instant::now();
+    let op = "relocate".to_string();
+    let info = crate::copy::writable_target(file, &op)?;
+    if !info.readable {
+        return Err(Error::new(ErrorKind::InvalidArgument, op)
+            .with_hint("the file must be open for reading and writing"));
+    }
+    let caps = sys::probe::probe_file_on(file, info.dev)?;
+    let bs = caps.block_size().max(1);
+    if opts.threshold == 0 || opts.chunk == 0 {
+        return Err(Error::new(ErrorKind::InvalidArgument, op)
+            .with_hint("threshold and chunk size must be positive"));
+    }
+    let chunk = align_up(opts.chunk, bs).unwrap_or(opts.chunk);
+    let (start, end) = match opts.range {
+        None => (0, info.size),
+        Some((off, len)) => {
+            let stop = off.checked_add(len).ok_or_else(|| {
+                Error::new(ErrorKind::InvalidArgument, op.clone())
+                    .with_hint("offset + length overflows")
+            })?;
+            if off > info.size {
+                return Err(
+                    Error::new(ErrorKind::InvalidArgument, op).with_hint(format!(
+                        "the range starts at {}, past EOF ({})",
+                        fmt_size(off),
+                        fmt_size(info.size)
+                    )),
+                );
+            }
+            (
+                align_down(off, bs),
+                align_up(stop, bs).unwrap_or(stop).min(info.size),
+            )
+        }
+    };
+    let op = format!("relocate {} at {}", fmt_size(end - start), fmt_size(start));
+    let mut report = RelocateReport {
+        strategy: RelocateStrategy::Nothing,
+        coherent: true,
+        range: (start, end - start),
+        extents_before: 0,
+        extents_after: 0,
+        bytes_moved: 0,
+        chunks: 0,
+        chunks_moved: 0,
+        chunks_skipped: Vec::new(),
+        notes: Vec::new(),
+        dry_run: opts.dry_run,
+        elapsed: Duration::ZERO,
+    };
+    let candidates = match opts.strategy {
+        Some(RelocateStrategy::CopyRename) if path.is_none() => {
+            return Err(Error::new(ErrorKind::InvalidArgument, op)
+                .with_hint("copy-rename needs the file's path (relocate_path)"))
+        }
+        Some(s) => vec![s],
+        None => order(caps.fs.kind, path.is_some()),
+    };
+    let before = match extents_in(file, start, end - start) {
+        Ok(e) => e,
+        Err(e) if e.kind() == ErrorKind::Unsupported => {
+            // No FIEMAP (tmpfs): data lives in memory, no extents to fix.
+            if opts.strategy == Some(RelocateStrategy::CopyRename) {
+                let path = path.unwrap_or_else(|| Path::new(""));
+                return copy_rename(file, path, &caps, opts, report, t0, &[]);
+            }
+            if let Some(s) = opts.strategy {
+                return Err(Error::new(ErrorKind::Unsupported, op).with_hint(format!(
+                    "{} has no extents (no FIEMAP); {s} cannot run",
+                    caps.fs.kind.name()
+                )));
+            }
+            report.notes.push(format!(
+                "{} has no extents (no FIEMAP): nothing to relocate",
+                caps.fs.kind.name()
+            ));
+            report.elapsed = t0.elapsed();
+            return Ok(report);
+        }
+        Err(e) => return Err(e),
+    };
+    report.extents_before = before.len() as u64;
+    report.extents_after = report.extents_before;
+    let chunks = plan(&before, start, end, chunk, opts);
+    report.chunks = chunks.len() as u64;
+    if chunks.is_empty() && opts.strategy.is_none() {
+        report.elapsed = t0.elapsed();
+        return Ok(report);
+    }
+    let Some(&first) = candidates.first() else {
+        return Err(Error::new(ErrorKind::Unsupported, op).with_hint(format!(
+            "no relocation strategy for {}",
+            caps.fs.kind.name()
+        )));
+    };
+    if opts.dry_run {
+        report.strategy = first;
+        report.coherent = first.coherent();
+        for c in &chunks {
+            match &c.skip {
+                Some(r) => report.chunks_skipped.push(SkippedChunk {
+                    offset: c.offset,
+                    len: c.len,
+                    reason: r.clone(),
+                }),
+                None => report.bytes_moved += c.len,
+            }
+        }
+        report.elapsed = t0.elapsed();
+        return Ok(report);
+    }
+    let ctx = Ctx {
+        file,
+        caps: &caps,
+        bs,
+        size: info.size,
+        op: op.clone(),
+    };
+    let mut tried_any = false;
+    let mut ci = 0;
+    let mut strategy_idx = 0;
+    while strategy_idx < candidates.len() {
+        let s = candidates[strategy_idx];
+        if s == RelocateStrategy::CopyRename {
+            let path = path.unwrap_or_else(|| Path::new(""));
+            return copy_rename(file, path, &caps, opts, report, t0, &before);
+        }
+        report.strategy = s;
+        while ci < chunks.len() {
+            let c = &chunks[ci];
+            if let Some(r) = &c.skip {
+                report.chunks_skipped.push(SkippedChunk {
+                    offset: c.offset,
+                    len: c.len,
+                    reason: r.clone(),
+                });
+                ci += 1;
+                continue;
+            }
+            let ext_before = extents_in(file, c.offset, c.len)?;
+            let step = match s {
+                RelocateStrategy::MoveExt => ctx.move_ext(c),
+                RelocateStrategy::Dedupe => ctx.dedupe(c),
+                RelocateStrategy::BtrfsDefrag => ctx.btrfs_defrag(c, opts.threshold),
+                RelocateStrategy::CopyRename | RelocateStrategy::Nothing => unreachable!(),
+            };
+            let step = match step {
+                // The kernel refused the strategy before any chunk moved:
+                // nothing changed, try the next one.
+                Err(e)
+                    if !tried_any
+                        && opts.strategy.is_none()
+                        && matches!(
+                            e.kind(),
+                            ErrorKind::Unsupported | ErrorKind::InvalidArgument
+                        ) =>
+                {
+                    report.notes.push(format!("{s}: {e}"));
+                    break;
+                }
+                Err(e) => return Err(e),
+                Ok(st) => st,
+            };
+            tried_any = true;
+            let ext_after = extents_in(file, c.offset, c.len)?;
+            let moved = moved_bytes(&ext_before, &ext_after);
+            match step {
+                Step::Moved if moved == 0 => report.chunks_skipped.push(SkippedChunk {
+                    offset: c.offset,
+                    len: c.len,
+                    reason: SkipReason::Unchanged,
+                }),
+                Step::Moved => {
+                    report.chunks_moved += 1;
+                    report.bytes_moved += moved;
+                }
+                Step::Skipped(r) => report.chunks_skipped.push(SkippedChunk {
+                    offset: c.offset,
+                    len: c.len,
+                    reason: r,
+                }),
+            }
+            ci += 1;
+        }
+        if ci >= chunks.len() {
+            break;
+        }
+        strategy_idx += 1;
+    }
+    if ci < chunks.len() {
+        return Err(Error::new(ErrorKind::Unsupported, op).with_hint(format!(
+            "no strategy worked on {}: {}",
+            caps.fs.kind.name(),
+            report.notes.join("; ")
+        )));
+    }
+    report.coherent = report.strategy.coherent();
+    report.extents_after = extents_in(file, start, end - start)?.len() as u64;
+    report.elapsed = t0.elapsed();
+    Ok(report)
+}
+
+/// Copies the whole file into a new one in its directory (preallocated,
+/// written through user space so no blocks are shared) and renames it over
+/// `path`.
+fn copy_rename(
+    file: &File,
+    path: &Path,
+    caps: &Capabilities,
+    opts: &RelocateOptions,
+    mut report: RelocateReport,
+    t0: Instant,
+    before: &[Extent],
+) -> Result<RelocateReport> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let op = "relocate (copy and rename)";
+    report.strategy = RelocateStrategy::CopyRename;
+    report.coherent = false;
+    report.notes.push(
+        "copy-rename is not coherent: processes holding the old file open or mapped keep the old inode"
+            .into(),
+    );
+    if opts.range.is_some() {
+        report
+            .notes
+            .push("copy-rename copies the whole file, not only the range".into());
+    }
+    let meta0 = file.metadata().map_err(|e| Error::os(op, "fstat", e))?;
+    let size = meta0.len();
+    if opts.dry_run {
+        report.bytes_moved = size;
+        report.elapsed = t0.elapsed();
+        return Ok(report);
+    }
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| Path::new("."));
+    let new = sys::open_tmpfile(dir)
+        .or_else(|_| caps.temp_file_near(file))
+        .map_err(|e| Error::os(op, "open(O_TMPFILE)", e))?;
+    // Preallocate the data segments so the allocator sees the whole size.
+    for seg in crate::extents::data_map(file)? {
+        if seg.kind == crate::extents::SegmentKind::Data {
+            sys::fallocate(&new, Falloc::AllocateKeepSize, seg.offset, seg.len)
+                .map_err(|e| Error::os(op, "fallocate", e))?;
+        }
+    }
+    sys::ftruncate(&new, size).map_err(|e| Error::os(op, "ftruncate", e))?;
+    let strategy = if caps.copy_file_range.works && !caps.copy_file_range_reflinks.works {
+        crate::Strategy::KernelCopy
+    } else {
+        crate::Strategy::UserCopy
+    };
+    let copts = crate::copy::CopyOptions {
+        strategy: Some(strategy),
+        ..Default::default()
+    };
+    let rep = crate::copy::copy_range(file, 0, &new, 0, size, &copts)?;
+    let _ = new.set_permissions(std::fs::Permissions::from_mode(meta0.mode() & 0o7777));
+    sys::fsync(&new).map_err(|e| Error::os(op, "fsync", e))?;
+    let meta1 = file.metadata().map_err(|e| Error::os(op, "fstat", e))?;
+    if meta1.len() != size
+        || meta1.mtime() != meta0.mtime()
+        || meta1.mtime_nsec() != meta0.mtime_nsec()
+    {
+        return Err(Error::new(ErrorKind::Conflict, op)
+            .with_hint("the file changed during the copy; it was left as it was"));
+    }
+    let temp = dir.join(format!(".budge-relocate-{}", std::process::id()));
+    sys::link_tmpfile(&new, &temp).map_err(|e| Error::os(op, "linkat", e))?;
+    if let Err(e) = std::fs::rename(&temp, path) {
+        let _ = std::fs::remove_file(&temp);
+        return Err(Error::os(op, "rename", e));
+    }
+    if let Ok(d) = File::open(dir) {
+        let _ = sys::fsync(&d);
+    }
+    report.bytes_moved = rep.bytes_copied;
+    report.chunks_moved = 1;
+    report.chunks = report.chunks.max(1);
+    let (start, len) = report.range;
+    report.extents_after = match extents_in(&new, start, len) {
+        Ok(e) => {
+            if before.is_empty() {
+                report.extents_before = 0;
+            }
+            e.len() as u64
+        }
+        Err(_) => 0,
+    };
+    report.elapsed = t0.elapsed();
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(l: u64, p: u64, n: u64) -> Extent {
+        Extent {
+            logical: l,
+            physical: p,
+            length: n,
+            flags: 0,
+        }
+    }
+
+    #[test]
+    fn pieces_join_contiguous() {
+        assert_eq!(pieces(&[e(0, 100, 10), e(10, 110, 10), e(20, 500, 5)]), 2);
+        assert_eq!(pieces(&[]), 0);
+    }
+
+    #[test]
+    fn moved_bytes_counts_new_locations() {
+        let before = [e(0, 100, 10), e(10, 500, 10)];
+        assert_eq!(moved_bytes(&before, &before), 0);
+        assert_eq!(moved_bytes(&before, &[e(0, 100, 20)]), 10);
+        assert_eq!(moved_bytes(&before, &[e(0, 900, 20)]), 20);
+    }
+
+    #[test]
+    fn plan_picks_fragmented_chunks() {
+        let o = RelocateOptions {
+            threshold: 8,
+            ..Default::default()
+        };
+        // [0,16): two small pieces; [16,32): one big extent; [32,48): hole.
+        let ext = [
+            e(0, 100, 4),
+            e(4, 300, 12),
+            e(16, 1000, 16),
+            e(32, 2000, 4),
+            e(40, 3000, 4),
+        ];
+        let p = plan(&ext, 0, 48, 16, &o);
+        assert_eq!(p.len(), 2);
+        assert_eq!((p[0].offset, p[0].pieces, p[0].skip.clone()), (0, 2, None));
+        assert_eq!(p[1].skip, Some(SkipReason::Holes));
+        assert_eq!("dedupe".parse(), Ok(RelocateStrategy::Dedupe));
+    }
+}

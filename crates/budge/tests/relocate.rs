@@ -1,0 +1,341 @@
+//! Relocation (defragmentation) on every filesystem of the matrix: content
+//! is kept byte for byte, extent counts do not grow (and shrink where the
+//! filesystem has extents), each strategy can be forced where it applies,
+//! dry runs change nothing, shared extents are left alone unless asked, a
+//! chunk raced by a write is left as it was, and ENOSPC leaves the file
+//! intact.
+
+mod common;
+
+use std::fs::File;
+
+use budge::relocate::{relocate, relocate_path, RelocateOptions, RelocateStrategy, SkipReason};
+use budge::ErrorKind;
+use common::{data, fill_fs, fragmented, read_all, run_small, TestFs};
+
+fn extent_count(f: &File) -> Option<u64> {
+    budge::extents::extents(f).ok().map(|e| e.len() as u64)
+}
+
+fn has_extents(fs: &TestFs) -> bool {
+    fs.kind != "tmpfs"
+}
+
+fn opts(chunk: u64) -> RelocateOptions {
+    RelocateOptions {
+        chunk,
+        ..RelocateOptions::default()
+    }
+}
+
+/// The in-place strategies that apply on this filesystem.
+fn inplace(fs: &TestFs) -> Vec<RelocateStrategy> {
+    match fs.kind {
+        "ext4" => vec![RelocateStrategy::MoveExt],
+        "xfs" => vec![RelocateStrategy::Dedupe],
+        "btrfs" => vec![RelocateStrategy::Dedupe, RelocateStrategy::BtrfsDefrag],
+        _ => vec![],
+    }
+}
+
+fs_test!(defragments_keeping_content, |fs| {
+    let (f, d) = fragmented(fs, "f", 12 << 20, 1);
+    let before = extent_count(&f);
+    let r = relocate(&f, &opts(2 << 20)).unwrap();
+    assert!(read_all(&f) == d, "content changed on {}", fs.kind);
+    eprintln!(
+        "{}: auto {} extents {} -> {}, moved {}, chunks {} moved {} skipped {:?}, {:?}",
+        fs.kind,
+        r.strategy,
+        r.extents_before,
+        r.extents_after,
+        r.bytes_moved,
+        r.chunks,
+        r.chunks_moved,
+        r.chunks_skipped,
+        r.elapsed
+    );
+    assert!(r.coherent);
+    if has_extents(fs) {
+        assert_eq!(Some(r.extents_before), before);
+        // FIEMAP may merge more once the donors' inodes are gone.
+        assert!(extent_count(&f).unwrap() <= r.extents_after);
+        assert!(r.extents_before > 6, "{}: not fragmented: {r:?}", fs.kind);
+        assert!(r.extents_after < r.extents_before, "{r:?}");
+        // Every chunk is fragmented unless the allocator (btrfs under
+        // concurrent load) happened to keep some pieces together.
+        assert!((1..=6).contains(&r.chunks), "{r:?}");
+        assert!(r.chunks_moved > 0 && r.bytes_moved > 0, "{r:?}");
+        let want = match fs.kind {
+            "ext4" => RelocateStrategy::MoveExt,
+            _ => RelocateStrategy::Dedupe,
+        };
+        assert_eq!(r.strategy, want);
+        // A second pass finds little or nothing left to do.
+        let r2 = relocate(&f, &opts(2 << 20)).unwrap();
+        assert!(r2.extents_after <= r.extents_after, "{r2:?}");
+        assert!(read_all(&f) == d);
+    } else {
+        assert_eq!(r.strategy, RelocateStrategy::Nothing);
+        assert_eq!(r.bytes_moved, 0);
+        assert!(r.notes.iter().any(|n| n.contains("no extents")), "{r:?}");
+    }
+});
+
+fs_test!(each_strategy_forced, |fs| {
+    for s in inplace(fs) {
+        let (f, d) = fragmented(fs, "f", 8 << 20, 2);
+        let o = RelocateOptions {
+            strategy: Some(s),
+            ..opts(2 << 20)
+        };
+        let r = relocate(&f, &o).unwrap();
+        eprintln!(
+            "{}: forced {s} extents {} -> {}, moved {}, skipped {:?}",
+            fs.kind, r.extents_before, r.extents_after, r.bytes_moved, r.chunks_skipped
+        );
+        assert_eq!(r.strategy, s);
+        assert!(read_all(&f) == d, "{s} changed content on {}", fs.kind);
+        assert!(r.extents_after < r.extents_before, "{s}: {r:?}");
+    }
+    // copy-rename, through the path, everywhere.
+    let (f, d) = fragmented(fs, "g", 8 << 20, 3);
+    let o = RelocateOptions {
+        strategy: Some(RelocateStrategy::CopyRename),
+        ..opts(2 << 20)
+    };
+    let r = relocate_path(&fs.path("g"), &o).unwrap();
+    eprintln!(
+        "{}: forced copy-rename extents {} -> {}",
+        fs.kind, r.extents_before, r.extents_after
+    );
+    assert_eq!(r.strategy, RelocateStrategy::CopyRename);
+    assert!(!r.coherent);
+    assert!(r.notes.iter().any(|n| n.contains("not coherent")));
+    assert_eq!(std::fs::read(fs.path("g")).unwrap(), d);
+    // The old descriptor still reads the old inode.
+    assert!(read_all(&f) == d);
+    if has_extents(fs) {
+        assert!(r.extents_after < r.extents_before, "{r:?}");
+    }
+    // No temporary names left behind.
+    let names: Vec<_> = std::fs::read_dir(fs.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        names
+            .iter()
+            .all(|n| !n.to_string_lossy().starts_with(".budge")),
+        "{names:?}"
+    );
+    // Forcing a strategy that does not apply is an error, not a fallback.
+    let wrong = if fs.kind == "ext4" {
+        RelocateStrategy::Dedupe
+    } else {
+        RelocateStrategy::MoveExt
+    };
+    let o = RelocateOptions {
+        strategy: Some(wrong),
+        ..opts(2 << 20)
+    };
+    let (f, d) = fragmented(fs, "h", 4 << 20, 4);
+    let e = relocate(&f, &o).unwrap_err();
+    assert!(
+        matches!(
+            e.kind(),
+            ErrorKind::Unsupported | ErrorKind::InvalidArgument
+        ),
+        "{e}"
+    );
+    assert!(read_all(&f) == d);
+});
+
+fs_test!(dry_run_changes_nothing, |fs| {
+    let (f, d) = fragmented(fs, "f", 8 << 20, 5);
+    let ext = budge::extents::extents(&f).ok();
+    let o = RelocateOptions {
+        dry_run: true,
+        ..opts(2 << 20)
+    };
+    let r = relocate(&f, &o).unwrap();
+    assert!(r.dry_run);
+    assert_eq!(budge::extents::extents(&f).ok(), ext);
+    assert!(read_all(&f) == d);
+    if has_extents(fs) {
+        assert!((1..=4).contains(&r.chunks), "{r:?}");
+        assert_eq!(r.bytes_moved, r.chunks * (2 << 20));
+        assert_eq!(r.extents_after, r.extents_before);
+    }
+});
+
+fs_test!(range_only_moves_that_range, |fs| {
+    let (f, d) = fragmented(fs, "f", 8 << 20, 6);
+    let o = RelocateOptions {
+        range: Some((2 << 20, 2 << 20)),
+        ..opts(1 << 20)
+    };
+    // Where each byte outside the range lives, sampled per extent start.
+    let outside = |f: &File| -> Option<Vec<(u64, u64)>> {
+        let v = budge::extents::extents(f).ok()?;
+        Some(
+            v.iter()
+                .filter(|e| e.logical + e.length <= 2 << 20 || e.logical >= 4 << 20)
+                .map(|e| (e.logical, e.physical))
+                .collect(),
+        )
+    };
+    let phys_at = |f: &File, at: u64| {
+        budge::extents::extents(f)
+            .unwrap()
+            .iter()
+            .find(|e| e.logical <= at && at < e.logical + e.length)
+            .map(|e| e.physical + (at - e.logical))
+    };
+    let before = outside(&f);
+    let r = relocate(&f, &o).unwrap();
+    assert_eq!(r.range, (2 << 20, 2 << 20));
+    assert!(read_all(&f) == d);
+    for (l, p) in before.unwrap_or_default() {
+        assert_eq!(phys_at(&f, l), Some(p), "data outside the range moved");
+    }
+    if has_extents(fs) {
+        assert!((1..=2).contains(&r.chunks), "{r:?}");
+        assert!(r.extents_after < r.extents_before, "{r:?}");
+    }
+});
+
+fs_test!(shared_extents_left_unless_unshare, |fs| {
+    if !matches!(fs.kind, "xfs" | "btrfs") {
+        return;
+    }
+    let (f, d) = fragmented(fs, "f", 4 << 20, 7);
+    let copy = fs.file_with("copy", &[]);
+    budge::copy::clone_file(&f, &copy).unwrap();
+    let r = relocate(&f, &opts(1 << 20)).unwrap();
+    assert_eq!(r.chunks_moved, 0, "{r:?}");
+    assert!(r.chunks > 0);
+    assert!(
+        r.chunks_skipped
+            .iter()
+            .all(|c| c.reason == SkipReason::Shared),
+        "{r:?}"
+    );
+    let o = RelocateOptions {
+        unshare: true,
+        ..opts(1 << 20)
+    };
+    let r = relocate(&f, &o).unwrap();
+    assert!(r.chunks_moved > 0, "{r:?}");
+    assert!(read_all(&f) == d && read_all(&copy) == d);
+    assert!(r.extents_after < r.extents_before, "{r:?}");
+});
+
+#[test]
+fn invalid_arguments() {
+    common::run("xfs", |fs| {
+        let f = fs.file_with("f", &data(8192, 1));
+        let o = RelocateOptions {
+            range: Some((1 << 20, 4096)),
+            ..RelocateOptions::default()
+        };
+        assert_eq!(
+            relocate(&f, &o).unwrap_err().kind(),
+            ErrorKind::InvalidArgument
+        );
+        let ro = File::open(fs.path("f")).unwrap();
+        let e = relocate(&ro, &RelocateOptions::default()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        let o = RelocateOptions {
+            strategy: Some(RelocateStrategy::CopyRename),
+            ..RelocateOptions::default()
+        };
+        assert_eq!(
+            relocate(&f, &o).unwrap_err().kind(),
+            ErrorKind::InvalidArgument
+        );
+    });
+}
+
+fn enospc(kind: &'static str) {
+    run_small(kind, |fs| {
+        let (f, d) = fragmented(fs, "f", 4 << 20, 8);
+        let filler = fill_fs(fs, 64 << 10);
+        let o = opts(1 << 20);
+        match relocate(&f, &o) {
+            Ok(r) => {
+                assert_eq!(r.chunks_moved, 0, "{r:?}");
+                assert!(
+                    r.chunks_skipped
+                        .iter()
+                        .all(|c| c.reason == SkipReason::NoSpace),
+                    "{r:?}"
+                );
+            }
+            Err(e) => assert_eq!(e.kind(), ErrorKind::NoSpace, "{e}"),
+        }
+        assert!(read_all(&f) == d, "{kind}: content changed");
+        if kind != "tmpfs" {
+            let o = RelocateOptions {
+                strategy: Some(RelocateStrategy::CopyRename),
+                ..o
+            };
+            let e = relocate_path(&fs.path("f"), &o).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::NoSpace, "{e}");
+            assert_eq!(std::fs::read(fs.path("f")).unwrap(), d);
+        }
+        drop(filler);
+    });
+}
+
+#[test]
+fn enospc_leaves_file_intact_xfs() {
+    enospc("xfs");
+}
+#[test]
+fn enospc_leaves_file_intact_btrfs() {
+    enospc("btrfs");
+}
+#[test]
+fn enospc_leaves_file_intact_ext4() {
+    enospc("ext4");
+}
+
+// A write lands between the donor copy and the swap (failpoint
+// `budge::relocate::before-swap`): Dedupe finds the bytes differ and skips
+// the chunk, MoveExt moves it keeping the new bytes; either way the file
+// holds the racing write.
+#[cfg(feature = "failpoints")]
+fs_test!(racing_write_is_kept, |fs| {
+    if !has_extents(fs) {
+        return;
+    }
+    let (f, mut d) = fragmented(fs, "f", 4 << 20, 9);
+    let scenario = fail::FailScenario::setup();
+    let me = std::thread::current().id();
+    let racer = f.try_clone().unwrap();
+    let new = data(4096, 99);
+    let fired = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let fired2 = fired.clone();
+    let new2 = new.clone();
+    fail::cfg_callback("budge::relocate::before-swap", move || {
+        if std::thread::current().id() == me
+            && !fired2.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            std::os::unix::fs::FileExt::write_all_at(&racer, &new2, 8192).unwrap();
+        }
+    })
+    .unwrap();
+    let r = relocate(&f, &opts(1 << 20));
+    scenario.teardown();
+    let r = r.unwrap();
+    d[8192..8192 + 4096].copy_from_slice(&new);
+    assert!(read_all(&f) == d, "{}: racing write lost", fs.kind);
+    if r.strategy == RelocateStrategy::Dedupe {
+        assert_eq!(r.chunks_skipped[0].offset, 0, "{r:?}");
+        assert_eq!(r.chunks_skipped[0].reason, SkipReason::Differs, "{r:?}");
+        assert_eq!(r.chunks_moved, r.chunks - 1, "{r:?}");
+    } else {
+        assert_eq!(r.chunks_moved, r.chunks, "{r:?}");
+    }
+});
