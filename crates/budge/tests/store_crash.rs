@@ -53,23 +53,6 @@ fn crash_worker() {
     crash::worker_main();
 }
 
-/// The strategies a store can be forced to use on the filesystem at `dir`.
-fn store_strategies(dir: &std::path::Path) -> Vec<Option<Strategy>> {
-    let c = budge::probe(dir).unwrap();
-    let mut v = vec![None];
-    if c.insert_range.works && c.collapse_range.works {
-        v.push(Some(Strategy::Native));
-    }
-    if c.ficlonerange.works {
-        v.push(Some(Strategy::Reflink));
-    }
-    if c.copy_file_range.works {
-        v.push(Some(Strategy::KernelCopy));
-    }
-    v.push(Some(Strategy::UserCopy));
-    v
-}
-
 fn kill_setup() -> Vec<Op> {
     vec![
         Op::Add {
@@ -189,7 +172,7 @@ fn kill_test(fs: &TestFs) {
     let mut rng = Rng::new(seed);
     let mut sess = Session::create(&label, fs.path("store"), seed, &kill_setup());
     sess.drop_cache = true;
-    let strategies = store_strategies(fs.dir.path());
+    let strategies = common::store_strategies_in(fs.dir.path());
     let n = iters(40);
     let t = Instant::now();
     for it in 0..n {
@@ -435,7 +418,7 @@ fn shutdown_test(kind: &'static str) {
         extents > 2000,
         "{label}: the setup should fragment the store ({extents} extents)"
     );
-    let strategies = store_strategies(fs.path());
+    let strategies = common::store_strategies_in(fs.path());
     let n = iters(16);
     let t = Instant::now();
     for it in 0..n {

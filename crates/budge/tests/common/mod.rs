@@ -222,7 +222,12 @@ pub fn fill_fs(fs: &TestFs, leave: u64) -> File {
 
 /// The strategies a store can be forced to use here (`None` = automatic).
 pub fn store_strategies(fs: &TestFs) -> Vec<Option<Strategy>> {
-    let c = fs.caps();
+    store_strategies_in(fs.dir.path())
+}
+
+/// [`store_strategies`] for the filesystem at `dir`.
+pub fn store_strategies_in(dir: &Path) -> Vec<Option<Strategy>> {
+    let c = budge::probe(dir).unwrap();
     let mut v = vec![None];
     if c.insert_range.works && c.collapse_range.works {
         v.push(Some(Strategy::Native));
