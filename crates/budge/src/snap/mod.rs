@@ -743,8 +743,7 @@ impl SnapshotMut {
         };
         let r = clone_or_copy(&self.file, &content, &copy_opts)
             .map_err(|e| private_copy_failed(e, op, &self.path))?;
-        let replaced = self.path.exists();
-        let id = publish(op, &content, &self.path, self.expected())?;
+        let (id, replaced) = publish(op, &content, &self.path, self.expected())?;
         self.expect = Expect::Version(id);
         Ok(CommitReport {
             strategy: if self.len == 0 {
@@ -775,8 +774,7 @@ impl SnapshotMut {
         let start = Instant::now();
         let op = "commit and close snapshot";
         self.map = None;
-        let replaced = self.path.exists();
-        publish(op, &self.file, &self.path, self.expected())?;
+        let (_, replaced) = publish(op, &self.file, &self.path, self.expected())?;
         Ok(CommitReport {
             strategy: Strategy::Nothing,
             bytes_copied: 0,

@@ -176,8 +176,13 @@ fn copy_metadata(op: &str, path: &Path, from: &File, to: &File) -> Result<()> {
 
 /// Publishes `content` (an unnamed file on `path`'s filesystem) at `path`
 /// with the protocol in the module docs. Returns the identity of the file
-/// now at `path`.
-pub(crate) fn publish(op: &str, content: &File, path: &Path, expect: Expect) -> Result<Identity> {
+/// now at `path`, and whether it replaced one.
+pub(crate) fn publish(
+    op: &str,
+    content: &File,
+    path: &Path,
+    expect: Expect,
+) -> Result<(Identity, bool)> {
     let dir = dir_of(path);
     let current = lock_current(op, path)?;
     let now = match &current {
@@ -257,7 +262,7 @@ pub(crate) fn publish(op: &str, content: &File, path: &Path, expect: Expect) -> 
     sys::fsync(&d).map_err(|e| os(op, &dir, "fsync directory", e))?;
     drop(current);
     let (id, _) = meta::identity(content).map_err(|e| os(op, path, "fstat", e))?;
-    Ok(id)
+    Ok((id, now.is_some()))
 }
 
 fn conflict(op: &str, path: &Path, what: &str) -> Error {
