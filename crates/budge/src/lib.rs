@@ -32,6 +32,7 @@ pub mod copy;
 pub mod error;
 pub mod extents;
 pub mod map;
+pub mod overlay;
 pub mod range;
 pub mod relocate;
 pub mod shift;
@@ -41,6 +42,7 @@ pub mod strategy;
 pub mod sys;
 
 pub use error::{Error, ErrorKind, Result};
+pub use overlay::{Overlay, OverlayOptions};
 pub use relocate::{relocate, relocate_path, RelocateOptions, RelocateReport, RelocateStrategy};
 pub use shift::{collapse, insert, ShiftOptions, ShiftReport};
 pub use store::{Store, StoreOptions};

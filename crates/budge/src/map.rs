@@ -472,6 +472,169 @@ impl Drop for Reservation {
     }
 }
 
+/// A read-only view stitched together from several files: a range of
+/// address space in which each page-aligned piece maps some file at some
+/// offset (`MAP_SHARED`, so writes to the file through `pwrite` show at
+/// once) or the zero page. An overlay's merged view: the base mapped whole,
+/// the overlay's runs mapped over it with `MAP_FIXED`.
+#[derive(Debug)]
+pub struct PatchMap {
+    base: NonNull<u8>,
+    /// Bytes the view shows.
+    len: usize,
+    /// `len` rounded up to the page size: what is reserved.
+    reserved: usize,
+}
+
+// SAFETY: plain memory owned by this value; changed only through `&mut self`.
+unsafe impl Send for PatchMap {}
+// SAFETY: `&self` methods only read.
+unsafe impl Sync for PatchMap {}
+
+impl PatchMap {
+    /// Reserves a view of `len` bytes, all reading as zeros.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for 0; `Io` (ENOMEM) when address space runs out.
+    pub fn new(len: usize) -> Result<Self> {
+        let page = rustix::param::page_size();
+        if len == 0 {
+            return Err(Error::new(ErrorKind::InvalidArgument, "map 0 bytes")
+                .with_hint("a mapping needs at least one byte"));
+        }
+        let reserved = len.next_multiple_of(page);
+        // SAFETY: a fresh anonymous read-only mapping at a kernel-chosen
+        // address; it aliases nothing.
+        let ptr = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                reserved,
+                ProtFlags::READ,
+                MapFlags::PRIVATE | MapFlags::NORESERVE,
+            )
+        }
+        .map_err(|e| {
+            Error::os(
+                format!("reserve {len} bytes of address space"),
+                "mmap",
+                e.into(),
+            )
+        })?;
+        let base = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| {
+            Error::new(ErrorKind::Io, "reserve address space").with_hint("mmap returned null")
+        })?;
+        Ok(PatchMap {
+            base,
+            len,
+            reserved,
+        })
+    }
+
+    fn check(&self, offset: usize, len: usize) -> Result<()> {
+        let page = rustix::param::page_size();
+        match offset.checked_add(len) {
+            Some(end) if end <= self.reserved && offset % page == 0 && len % page == 0 => Ok(()),
+            _ => Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("map {len} bytes at {offset}"),
+            )
+            .with_hint(format!(
+                "needs whole {page}-byte pages within the {}-byte view",
+                self.reserved
+            ))),
+        }
+    }
+
+    /// Makes `[offset, offset + len)` of the view show `file` from
+    /// `file_offset` (read-only, shared).
+    ///
+    /// # Safety
+    /// The contract of [`SharedMap::new`] for that range of `file`: no
+    /// process truncates it below the mapped range while the view lives
+    /// (that would raise SIGBUS on access).
+    ///
+    /// # Errors
+    /// `InvalidArgument` for unaligned or out-of-view ranges; `Io` from `mmap`.
+    pub unsafe fn map_file(
+        &mut self,
+        offset: usize,
+        len: usize,
+        file: &File,
+        file_offset: u64,
+    ) -> Result<()> {
+        self.check(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: the target range lies inside our own reservation (checked
+        // above) and `&mut self` guarantees no slice borrowed from the view
+        // is alive, so replacing the pages there cannot invalidate a
+        // reference.
+        unsafe {
+            rustix::mm::mmap(
+                self.base.as_ptr().add(offset).cast(),
+                len,
+                ProtFlags::READ,
+                MapFlags::SHARED | MapFlags::FIXED,
+                file,
+                file_offset,
+            )
+        }
+        .map_err(|e| {
+            let hint = if e == rustix::io::Errno::NOMEM {
+                " (too many separate mappings: vm.max_map_count; use larger pages or read_at)"
+            } else {
+                ""
+            };
+            Error::os(
+                format!("map {len} bytes at {offset}{hint}"),
+                "mmap",
+                e.into(),
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Makes `[offset, offset + len)` of the view read as zeros.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for unaligned or out-of-view ranges; `Io` from `mmap`.
+    pub fn map_zero(&mut self, offset: usize, len: usize) -> Result<()> {
+        self.check(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: inside our reservation (checked) and no borrow of the view
+        // is alive (`&mut self`); anonymous pages alias nothing.
+        unsafe {
+            rustix::mm::mmap_anonymous(
+                self.base.as_ptr().add(offset).cast(),
+                len,
+                ProtFlags::READ,
+                MapFlags::PRIVATE | MapFlags::NORESERVE | MapFlags::FIXED,
+            )
+        }
+        .map_err(|e| Error::os(format!("map zeros at {offset}"), "mmap", e.into()))?;
+        Ok(())
+    }
+
+    /// The view.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `[base, base + len)` is inside our live reservation, every
+        // page of which is mapped readable; the contract of `map_file`
+        // excludes truncation of the files behind it.
+        unsafe { std::slice::from_raw_parts(self.base.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for PatchMap {
+    fn drop(&mut self) {
+        // SAFETY: `[base, base + reserved)` was mapped in `new` (and only
+        // replaced piecewise since); no borrow outlives `self`.
+        let _ = unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), self.reserved) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -87,7 +87,7 @@
 //!   before and after and copies again (up to 5 times) if it changed, then
 //!   gives up with `Conflict`.
 
-mod publish;
+pub(crate) mod publish;
 
 use std::fs::File;
 use std::ops::{Deref, DerefMut};

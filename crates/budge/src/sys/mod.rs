@@ -358,3 +358,31 @@ pub fn try_lock<Fd: AsFd>(fd: Fd, exclusive: bool) -> io::Result<()> {
     };
     rustix::fs::flock(fd, op).map_err(Into::into)
 }
+
+/// `flock(fd, LOCK_UN)`: releases this open file description's lock.
+///
+/// # Errors
+/// `EBADF` for a closed descriptor.
+pub fn unlock<Fd: AsFd>(fd: Fd) -> io::Result<()> {
+    rustix::fs::flock(fd, rustix::fs::FlockOperation::Unlock).map_err(Into::into)
+}
+
+/// `futimens(fd, [UTIME_OMIT, mtime])`: sets the modification time back
+/// (used to leave a file exactly as it was after a failed operation).
+///
+/// # Errors
+/// `EPERM` unless the caller owns the file.
+pub fn set_mtime<Fd: AsFd>(fd: Fd, sec: i64, nsec: u32) -> io::Result<()> {
+    use rustix::fs::{Timespec, Timestamps, UTIME_OMIT};
+    let ts = Timestamps {
+        last_access: Timespec {
+            tv_sec: 0,
+            tv_nsec: UTIME_OMIT,
+        },
+        last_modification: Timespec {
+            tv_sec: sec,
+            tv_nsec: i64::from(nsec) as _,
+        },
+    };
+    rustix::fs::futimens(fd, &ts).map_err(Into::into)
+}
