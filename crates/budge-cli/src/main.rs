@@ -8,6 +8,7 @@ mod baseline;
 mod bench;
 mod demo;
 mod output;
+mod overlay_cmd;
 mod pattern;
 mod store_cmd;
 
@@ -129,6 +130,9 @@ enum Cmd {
     /// A store: named growable arrays in one memory-mapped file.
     #[command(subcommand)]
     Store(store_cmd::StoreCmd),
+    /// Page-granular copy-on-write overlays over a read-only base file.
+    #[command(subcommand)]
+    Overlay(overlay_cmd::OverlayCmd),
 }
 
 #[derive(Args)]
@@ -328,6 +332,7 @@ fn run(cmd: Cmd) -> CliResult {
         }
         Cmd::Bench(args) => bench::run(&args)?,
         Cmd::Store(cmd) => store_cmd::run(cmd)?,
+        Cmd::Overlay(cmd) => overlay_cmd::run(cmd)?,
     }
     Ok(())
 }

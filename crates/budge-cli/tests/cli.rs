@@ -310,3 +310,65 @@ fs_test!(defrag_reports_and_keeps_content, |fs| {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent/budge-f"));
 });
+
+fn budge_stdin(args: &[&str], input: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_budge"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fs_test!(overlay_create_write_read_diff_export_commit_discard, |fs| {
+    let p = |s: &std::path::Path| s.to_str().unwrap().to_string();
+    let (base, ov, out) = (p(&fs.path("base")), p(&fs.path("ov")), p(&fs.path("out")));
+    let d = data(1 << 20, 8);
+    std::fs::write(&base, &d).unwrap();
+    let j = json(&budge(&["overlay", "create", &base, &ov, "--json"]));
+    assert_eq!(j["status"]["size"], 1 << 20, "{j}");
+    let o = budge_stdin(&["overlay", "write", &ov, "5000"], b"hello overlay");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    json(&budge(&["overlay", "zero", &ov, "64K", "128K", "--json"]));
+    let o = budge(&["overlay", "read", &ov, "5000", "13"]);
+    assert_eq!(o.stdout, b"hello overlay");
+    let j = json(&budge(&["overlay", "diff", &ov, "--json"]));
+    let changes = j["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 2, "{j}");
+    assert_eq!(changes[0]["offset"], 4096);
+    assert_eq!(changes[0]["kind"], "data");
+    assert_eq!(changes[1]["offset"], 65536);
+    assert_eq!(changes[1]["len"], 131072);
+    assert_eq!(changes[1]["kind"], "zero");
+    let j = json(&budge(&["overlay", "status", &ov, "--json"]));
+    assert_eq!(j["present_pages"], 1, "{j}");
+    assert_eq!(j["zero_pages"], 32, "{j}");
+    let mut want = d.clone();
+    want[5000..5013].copy_from_slice(b"hello overlay");
+    want[65536..65536 + 131072].fill(0);
+    json(&budge(&["overlay", "export", &ov, &out, "--json"]));
+    assert!(std::fs::read(&out).unwrap() == want);
+    // The base is untouched until commit.
+    assert!(std::fs::read(&base).unwrap() == d);
+    let j = json(&budge(&["overlay", "commit", &ov, "--json"]));
+    let atomic = matches!(fs.kind, "xfs" | "btrfs");
+    assert_eq!(j["atomic"], atomic, "{j}");
+    assert_eq!(j["pages"], 33, "{j}");
+    assert!(std::fs::read(&base).unwrap() == want);
+    let j = json(&budge(&["overlay", "diff", &ov, "--json"]));
+    assert!(j["changes"].as_array().unwrap().is_empty());
+    // Errors name the file, the operation and the reason; exit 1.
+    let o = budge(&["overlay", "read", &ov, "1M", "1"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(&ov) && err.contains("past the end"), "{err}");
+    let o = budge(&["overlay", "commit", &ov, "--strategy", "sideways"]);
+    assert_eq!(o.status.code(), Some(2));
+    json(&budge(&["overlay", "discard", &ov, "--json"]));
+    assert!(!fs.path("ov").exists());
+    assert!(std::fs::read(&base).unwrap() == want);
+});
