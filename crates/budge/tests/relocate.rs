@@ -339,3 +339,33 @@ fs_test!(racing_write_is_kept, |fs| {
         assert_eq!(r.chunks_moved, r.chunks, "{r:?}");
     }
 });
+
+fs_test!(copy_rename_keeps_mode_owner_and_xattrs, |fs| {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let (f, d) = fragmented(fs, "m", 4 << 20, 4);
+    drop(f);
+    let path = fs.path("m");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    std::os::unix::fs::chown(&path, Some(1234), Some(5678)).unwrap();
+    let xattr = budge::sys::meta::xattr_set(
+        File::open(&path).unwrap(),
+        &"user.budge-test".into(),
+        b"kept",
+    );
+    let o = RelocateOptions {
+        strategy: Some(RelocateStrategy::CopyRename),
+        ..opts(2 << 20)
+    };
+    relocate_path(&path, &o).unwrap();
+    let m = std::fs::metadata(&path).unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o640);
+    assert_eq!((m.uid(), m.gid()), (1234, 5678));
+    if xattr.is_ok() {
+        let v = budge::sys::meta::xattr_get(File::open(&path).unwrap(), &"user.budge-test".into())
+            .unwrap();
+        assert_eq!(v, b"kept");
+    } else {
+        eprintln!("{}: no user xattrs here: {xattr:?}", fs.kind);
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), d);
+});

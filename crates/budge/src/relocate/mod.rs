@@ -728,7 +728,6 @@ fn copy_rename(
     t0: Instant,
     before: &[Extent],
 ) -> Result<RelocateReport> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let op = "relocate (copy and rename)";
     report.strategy = RelocateStrategy::CopyRename;
     report.coherent = false;
@@ -741,20 +740,19 @@ fn copy_rename(
             .notes
             .push("copy-rename copies the whole file, not only the range".into());
     }
-    let meta0 = file.metadata().map_err(|e| Error::os(op, "fstat", e))?;
-    let size = meta0.len();
+    let (id0, _) = crate::sys::meta::identity(file).map_err(|e| Error::os(op, "fstat", e))?;
+    let size = id0.size;
     if opts.dry_run {
         report.bytes_moved = size;
         report.elapsed = t0.elapsed();
         return Ok(report);
     }
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or_else(|| Path::new("."));
-    let new = sys::open_tmpfile(dir)
-        .or_else(|_| caps.temp_file_near(file))
-        .map_err(|e| Error::os(op, "open(O_TMPFILE)", e))?;
+    let dir = crate::snap::publish::dir_of(path);
+    let new = sys::open_tmpfile(&dir).map_err(|e| {
+        Error::os(op, "open(O_TMPFILE)", e)
+            .with_path(path)
+            .with_hint("copy-rename builds the new file unnamed in the file's directory")
+    })?;
     // Preallocate the data segments so the allocator sees the whole size.
     for seg in crate::extents::data_map(file)? {
         if seg.kind == crate::extents::SegmentKind::Data {
@@ -773,25 +771,16 @@ fn copy_rename(
         ..Default::default()
     };
     let rep = crate::copy::copy_range(file, 0, &new, 0, size, &copts)?;
-    let _ = new.set_permissions(std::fs::Permissions::from_mode(meta0.mode() & 0o7777));
-    sys::fsync(&new).map_err(|e| Error::os(op, "fsync", e))?;
-    let meta1 = file.metadata().map_err(|e| Error::os(op, "fstat", e))?;
-    if meta1.len() != size
-        || meta1.mtime() != meta0.mtime()
-        || meta1.mtime_nsec() != meta0.mtime_nsec()
-    {
-        return Err(Error::new(ErrorKind::Conflict, op)
-            .with_hint("the file changed during the copy; it was left as it was"));
-    }
-    let temp = dir.join(format!(".budge-relocate-{}", std::process::id()));
-    sys::link_tmpfile(&new, &temp).map_err(|e| Error::os(op, "linkat", e))?;
-    if let Err(e) = std::fs::rename(&temp, path) {
-        let _ = std::fs::remove_file(&temp);
-        return Err(Error::os(op, "rename", e));
-    }
-    if let Ok(d) = File::open(dir) {
-        let _ = sys::fsync(&d);
-    }
+    // Owner, mode and xattrs carried over, fsync, link, rename, directory
+    // fsync; refused (file left as it was) if it changed since `id0`.
+    crate::snap::publish::publish(op, &new, path, crate::snap::publish::Expect::Version(id0))
+        .map_err(|e| {
+            if e.kind() == ErrorKind::Conflict {
+                e.with_hint("the file changed during the copy; it was left as it was")
+            } else {
+                e
+            }
+        })?;
     report.bytes_moved = rep.bytes_copied;
     report.chunks_moved = 1;
     report.chunks = report.chunks.max(1);
