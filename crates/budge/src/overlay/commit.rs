@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use super::format::{BaseId, CommitState};
 use super::{err, file_id, os, Lower, Overlay, PageState, Src};
 use crate::copy::{self, CopyOptions, CopyReport, Progress};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{ErrorKind, Result};
 use crate::range::fmt_size;
 use crate::snap::publish::{self, Expect};
 use crate::sys::{self, meta, Falloc, FsKind};
@@ -417,20 +417,26 @@ impl Overlay {
         let rw = self.lock_base_rw(op)?;
         let base_path = self.base_file().0.to_path_buf();
         let m = rw.metadata().map_err(|e| os(op, &base_path, "fstat", e))?;
-        let restore = |f: &File| {
-            let _ = sys::set_mtime(f, m.mtime(), m.mtime_nsec() as u32);
-        };
-        let fail = |this: &mut Self, e: Error| {
-            restore(&rw);
-            let _ = sys::try_lock(this.base_file().1, false);
-            Err(e)
-        };
-        if let Err(e) = self.reserve(op, &rw, &base_path) {
-            return fail(self, e);
-        }
-        restore(&rw);
+        // Recorded first: `fallocate` changes the base's mtime, so a crash
+        // during the reservation must find the commit recorded (and finish
+        // it) rather than a base whose identity no longer matches.
         if let Err(e) = self.begin_in_place(op) {
-            return fail(self, e);
+            let _ = sys::try_lock(self.base_file().1, false);
+            return Err(e);
+        }
+        if let Err(e) = self.reserve(op, &rw, &base_path) {
+            // Not a byte of the base changed (holes became unwritten extents
+            // that read as zeros); put its mtime back, make that durable,
+            // then forget the commit.
+            let _ = sys::set_mtime(&rw, m.mtime(), m.mtime_nsec() as u32);
+            sys::fsync(&rw).map_err(|e| os(op, &base_path, "fsync", e))?;
+            let mut next = self.sb.clone();
+            next.generation += 1;
+            next.commit = CommitState::None;
+            self.write_state(op, next)?;
+            drop(rw);
+            let _ = sys::try_lock(self.base_file().1, false);
+            return Err(e);
         }
         self.replay_into_file(op, rw, 0, progress, false)
     }
