@@ -369,3 +369,54 @@ fs_test!(copy_rename_keeps_mode_owner_and_xattrs, |fs| {
     }
     assert_eq!(std::fs::read(&path).unwrap(), d);
 });
+
+fs_test!(
+    a_live_shared_mapping_reads_the_same_bytes_throughout,
+    |fs| {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        for s in inplace(fs) {
+            let (f, d) = fragmented(fs, &format!("live-{s}"), 8 << 20, 5);
+            // SAFETY: nothing truncates the file while the map exists: only
+            // relocation runs on it, which keeps its size and content.
+            let map = unsafe { budge::map::SharedMap::new(&f, d.len(), false) }.unwrap();
+            let done = AtomicBool::new(false);
+            let (passes, bad) = (AtomicU64::new(0), AtomicU64::new(0));
+            let r = std::thread::scope(|sc| {
+                sc.spawn(|| {
+                    let page = 4096;
+                    while !done.load(Ordering::Acquire) {
+                        let m = map.as_slice();
+                        for (i, chunk) in m.chunks(page).enumerate() {
+                            if chunk != &d[i * page..i * page + chunk.len()] {
+                                bad.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        passes.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+                let o = RelocateOptions {
+                    strategy: Some(s),
+                    ..opts(1 << 20)
+                };
+                let r = relocate(&f, &o);
+                // At least one whole pass after the relocation finished.
+                let p = passes.load(Ordering::Relaxed);
+                while r.is_ok() && passes.load(Ordering::Relaxed) < p + 2 {
+                    std::thread::yield_now();
+                }
+                done.store(true, Ordering::Release);
+                r
+            });
+            let r = r.unwrap();
+            assert!(r.bytes_moved > 0, "{s}: {r:?}");
+            assert_eq!(bad.load(Ordering::Relaxed), 0, "{}: {s}", fs.kind);
+            eprintln!(
+                "{}: {s}: {} passes over the mapping while it moved {} bytes, all equal",
+                fs.kind,
+                passes.load(Ordering::Relaxed),
+                r.bytes_moved
+            );
+            assert!(read_all(&f) == d);
+        }
+    }
+);
