@@ -24,6 +24,8 @@ need_tools() {
   command -v mkfs.xfs >/dev/null || missing+=(xfsprogs)
   command -v mkfs.btrfs >/dev/null || missing+=(btrfs-progs)
   command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)
+  # tests/overlay_qemu.rs and benches/overlay.rs compare with qcow2.
+  { command -v qemu-io && command -v qemu-img; } >/dev/null || missing+=(qemu-utils)
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]} with apt"
     export DEBIAN_FRONTEND=noninteractive

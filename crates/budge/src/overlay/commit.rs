@@ -160,7 +160,7 @@ impl Overlay {
     /// strategy the filesystem lacks.
     pub fn commit(&mut self, opts: &CommitOptions<'_>) -> Result<CommitReport> {
         let op = "commit overlay into its base";
-        self.check_write(op, 0, 0)?;
+        self.check_write(&|| op.to_string(), 0, 0)?;
         self.flush()?;
         if let Lower::Overlay(_) = self.lower {
             if !matches!(
@@ -319,15 +319,25 @@ impl Overlay {
             self.write_state(op, next)?;
             return Err(e);
         }
-        drop(tmp);
+        drop(tmp); // publish unlocked it (a forked child may hold a copy)
         let new = BaseId::File {
             ino,
             mtime_sec,
             mtime_nsec,
             fingerprint,
         };
-        self.adopt_new_base(op, &base_path, &new)?;
-        self.reset(op, new)?;
+        // The base is replaced: past this point the handle must not take
+        // writes it could lose (the next open resets the overlay).
+        if let Err(e) = self
+            .adopt_new_base(op, &base_path, &new)
+            .and_then(|()| self.reset(op, new))
+        {
+            self.poisoned = true;
+            let why = e.hint().unwrap_or_default().to_string();
+            return Err(e.with_hint(format!(
+                "{why}; the commit is done (the base holds the merged content), but the overlay could not be emptied: reopen it, the open finishes that"
+            )));
+        }
         Ok(report)
     }
 

@@ -3,7 +3,7 @@
 //! An overlay is one file beside (or anywhere near) its base: two
 //! superblock slots, two copies of a checksummed page map (2 bits per page:
 //! absent, present or zero), then a sparse data area holding copied-up pages
-//! at the base's own offsets (byte map in [`format`]). Holes in the data area
+//! at the base's own offsets (byte map in [`format`](mod@format)). Holes in the data area
 //! are not the truth: the page map is. A page of zeros the user wrote is
 //! `present`; a page zeroed through [`Overlay::zero`] is `zero` and stores
 //! nothing; an `absent` page shows the layer below.
@@ -431,9 +431,22 @@ impl Overlay {
         } else {
             Expect::Absent
         };
-        // Syncs, takes the exclusive flock on `tmp` (our writer's lock),
-        // links and renames it into place, syncs the directory.
+        // Syncs, links and renames `tmp` into place, syncs the directory.
         publish::publish(op, &tmp, path, expect)?;
+        // The writer's lock. Another process could only have locked the new
+        // overlay in the instant since the rename.
+        match sys::try_lock(&tmp, true) {
+            Ok(()) => {}
+            Err(e) if e.kind() == IoKind::WouldBlock => {
+                return Err(locked(
+                    op,
+                    path,
+                    &tmp,
+                    "another process opened the new overlay",
+                ))
+            }
+            Err(e) => return Err(os(op, path, "flock", e)),
+        }
         let mut map = map;
         map.mark_clean(0);
         map.mark_clean(1);
@@ -703,12 +716,14 @@ impl Overlay {
         Ok(())
     }
 
-    fn range_check(&self, op: &str, offset: u64, len: u64) -> Result<()> {
+    /// `op` builds the operation's name, only on the error path (it
+    /// formats sizes: measurable per 4 KiB write).
+    fn range_check(&self, op: &dyn Fn() -> String, offset: u64, len: u64) -> Result<()> {
         match offset.checked_add(len) {
             Some(end) if end <= self.sb.size => Ok(()),
             _ => Err(err(
                 ErrorKind::InvalidArgument,
-                op,
+                &op(),
                 &self.path,
                 format!(
                     "past the end of the {}-byte overlay (an overlay has its base's size)",
@@ -724,7 +739,7 @@ impl Overlay {
     /// `InvalidArgument` past the end; `Io` from `pread`.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let len = buf.len() as u64;
-        let op = op_range("read", offset, len);
+        let op = || op_range("read", offset, len);
         self.range_check(&op, offset, len)?;
         let path = &self.path;
         self.each_source(offset, len, &mut |at, n, src| {
@@ -733,17 +748,17 @@ impl Overlay {
                 Src::Zero => dst.fill(0),
                 Src::File(f, pos) => f
                     .read_exact_at(dst, pos)
-                    .map_err(|e| os(&op, path, "pread", e))?,
+                    .map_err(|e| os(&op(), path, "pread", e))?,
             }
             Ok(())
         })
     }
 
-    fn check_write(&self, op: &str, offset: u64, len: u64) -> Result<()> {
+    fn check_write(&self, op: &dyn Fn() -> String, offset: u64, len: u64) -> Result<()> {
         if !self.writable {
             return Err(err(
                 ErrorKind::InvalidArgument,
-                op,
+                &op(),
                 &self.path,
                 "the overlay is open read-only",
             ));
@@ -751,9 +766,9 @@ impl Overlay {
         if self.poisoned {
             return Err(err(
                 ErrorKind::Poisoned,
-                op,
+                &op(),
                 &self.path,
-                "an earlier flush failed to sync; reopen the overlay (writes since the last successful flush are lost)",
+                "an earlier flush failed to sync, or a commit failed after it replaced the base; reopen the overlay (writes since the last successful flush are lost)",
             ));
         }
         self.range_check(op, offset, len)
@@ -772,7 +787,7 @@ impl Overlay {
     /// (the page map is unchanged: reads still show what they showed).
     pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         let len = data.len() as u64;
-        let op = op_range("write", offset, len);
+        let op = || op_range("write", offset, len);
         self.check_write(&op, offset, len)?;
         if len == 0 {
             return Ok(());
@@ -798,7 +813,7 @@ impl Overlay {
             buf[h..t].copy_from_slice(data);
             self.file.write_all_at(&buf, at)
         };
-        res.map_err(|e| os(&op, &self.path, "pwrite", e))?;
+        res.map_err(|e| os(&op(), &self.path, "pwrite", e))?;
         self.data_dirty = true;
         self.set_pages(p0, p1, PageState::Present)
     }
@@ -866,7 +881,7 @@ impl Overlay {
     /// # Errors
     /// As [`write_at`](Self::write_at).
     pub fn zero(&mut self, offset: u64, len: u64) -> Result<()> {
-        let op = op_range("zero", offset, len);
+        let op = || op_range("zero", offset, len);
         self.check_write(&op, offset, len)?;
         if len == 0 {
             return Ok(());
@@ -908,14 +923,14 @@ impl Overlay {
     /// `Alignment` unless both ends are page boundaries (or the end is the
     /// overlay's size).
     pub fn revert(&mut self, offset: u64, len: u64) -> Result<()> {
-        let op = op_range("revert", offset, len);
+        let op = || op_range("revert", offset, len);
         self.check_write(&op, offset, len)?;
         let ps = self.ps();
         let end = offset + len;
         if offset % ps != 0 || (end % ps != 0 && end != self.sb.size) {
             return Err(err(
                 ErrorKind::Alignment,
-                &op,
+                &op(),
                 &self.path,
                 format!("revert works on whole {}-byte pages", self.sb.page_size),
             ));

@@ -261,6 +261,10 @@ pub(crate) fn publish(
     let d = File::open(&dir).map_err(|e| os(op, &dir, "open directory", e))?;
     sys::fsync(&d).map_err(|e| os(op, &dir, "fsync directory", e))?;
     drop(current);
+    // The temporary name is gone: drop its lock now rather than at close,
+    // which a child forked meanwhile by another thread would delay until it
+    // execs (it holds a duplicate of the descriptor).
+    let _ = sys::unlock(content);
     let (id, _) = meta::identity(content).map_err(|e| os(op, path, "fstat", e))?;
     Ok((id, now.is_some()))
 }
