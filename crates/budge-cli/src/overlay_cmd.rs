@@ -230,37 +230,13 @@ pub fn run(cmd: OverlayCmd) -> CliResult {
             offset,
             len,
             json,
-        } => {
-            let mut o = Overlay::open(&overlay)?;
-            o.zero(offset, len)?;
-            o.flush()?;
-            if json {
-                emit(
-                    &json!({"operation": "zero", "overlay": overlay, "offset": offset, "len": len}),
-                )?;
-            } else {
-                println!("zeroed {} at {offset}", human_size(len));
-            }
-            o.close()?;
-        }
+        } => change(&overlay, offset, len, json, false)?,
         OverlayCmd::Revert {
             overlay,
             offset,
             len,
             json,
-        } => {
-            let mut o = Overlay::open(&overlay)?;
-            o.revert(offset, len)?;
-            o.flush()?;
-            if json {
-                emit(
-                    &json!({"operation": "revert", "overlay": overlay, "offset": offset, "len": len}),
-                )?;
-            } else {
-                println!("reverted {} at {offset} to the base", human_size(len));
-            }
-            o.close()?;
-        }
+        } => change(&overlay, offset, len, json, true)?,
         OverlayCmd::Read {
             overlay,
             offset,
@@ -397,6 +373,27 @@ pub fn run(cmd: OverlayCmd) -> CliResult {
             }
         }
     }
+    Ok(())
+}
+
+/// `zero` or `revert` a range, flushed.
+fn change(overlay: &PathBuf, offset: u64, len: u64, json: bool, revert: bool) -> CliResult {
+    let mut o = Overlay::open(overlay)?;
+    if revert {
+        o.revert(offset, len)?;
+    } else {
+        o.zero(offset, len)?;
+    }
+    o.flush()?;
+    let op = if revert { "revert" } else { "zero" };
+    if json {
+        emit(&json!({"operation": op, "overlay": overlay, "offset": offset, "len": len}))?;
+    } else if revert {
+        println!("reverted {} at {offset} to the base", human_size(len));
+    } else {
+        println!("zeroed {} at {offset}", human_size(len));
+    }
+    o.close()?;
     Ok(())
 }
 

@@ -78,7 +78,7 @@
 
 #[path = "common/mod.rs"]
 mod common;
-use common::{code_commit, gen, median, parse_size, resident, sh, splitmix, syncfs, warm};
+use common::{gen, median, parse_size, print_run, resident, sh, splitmix, syncfs, warm};
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -327,37 +327,7 @@ fn qemu_img_commit(image: &Path) -> Duration {
 // ---------------------------------------------------------------- output
 
 fn header(dirs: &[(String, PathBuf)]) {
-    let cpu = fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
-        })
-        .unwrap_or_default();
-    let mem = fs::read_to_string("/proc/meminfo")
-        .unwrap_or_default()
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .collect::<Vec<_>>()
-        .join(" ");
-    println!(
-        "command: {}",
-        std::env::args().collect::<Vec<_>>().join(" ")
-    );
-    println!("date: {}", sh("date", &["-u"]));
-    println!(
-        "machine: {} cores, {cpu}, MemTotal {mem}, kernel {}",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        sh("uname", &["-r"])
-    );
-    println!(
-        "code: commit {} (plus uncommitted changes in the tree)",
-        code_commit()
-    );
+    print_run();
     println!(
         "qemu: {}",
         sh("qemu-io", &["--version"]).lines().next().unwrap_or("")

@@ -36,7 +36,7 @@
 
 #[path = "common/mod.rs"]
 mod common;
-use common::{code_commit, gen, median, parse_size, resident, sh, splitmix, syncfs, warm};
+use common::{gen, median, parse_size, print_run, resident, splitmix, syncfs, warm};
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -239,34 +239,7 @@ fn reflinks(dir: &Path) -> bool {
 }
 
 fn header() {
-    let cpu = fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
-        })
-        .unwrap_or_default();
-    let mem = fs::read_to_string("/proc/meminfo")
-        .unwrap_or_default()
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    println!(
-        "command: {}",
-        std::env::args().collect::<Vec<_>>().join(" ")
-    );
-    println!("date: {}", sh("date", &["-u"]));
-    println!(
-        "machine: nproc {}, {cpu}, {mem}, kernel {}",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        sh("uname", &["-r"])
-    );
-    println!(
-        "code: commit {} (plus uncommitted changes in the tree)",
-        code_commit()
-    );
+    print_run();
     println!(
         "load: {}",
         fs::read_to_string("/proc/loadavg")

@@ -123,3 +123,39 @@ pub fn warm(path: &Path) {
     let mut buf = vec![0u8; (8 * MIB) as usize];
     while f.read(&mut buf).unwrap() > 0 {}
 }
+
+/// Prints the command, date, machine (cores, CPU, memory, kernel) and code
+/// commit: the first lines of every benchmark's output.
+pub fn print_run() {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_default();
+    let mem = fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .collect::<Vec<_>>()
+        .join(" ");
+    println!(
+        "command: {}",
+        std::env::args().collect::<Vec<_>>().join(" ")
+    );
+    println!("date: {}", sh("date", &["-u"]));
+    println!(
+        "machine: {} cores, {cpu}, MemTotal {mem}, kernel {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        sh("uname", &["-r"])
+    );
+    println!(
+        "code: commit {} (plus uncommitted changes in the tree)",
+        code_commit()
+    );
+}
