@@ -231,6 +231,175 @@ fs_test!(shared_extents_left_unless_unshare, |fs| {
     assert!(r.extents_after < r.extents_before, "{r:?}");
 });
 
+// The fragmentation budge's own users get: 1,000 random inserts into a
+// file, each inserted range then written (a store growing its regions).
+// Relocation puts it back into few extents, byte for byte.
+/// A file of `size` bytes fragmented the way budge's own users fragment
+/// theirs: `inserts` random one-block inserts (the best strategy here), each
+/// inserted block then written. Returns the file and its expected content.
+fn fragment_by_inserts(fs: &TestFs, name: &str, size: usize, inserts: u64) -> (File, Vec<u8>) {
+    use std::os::unix::fs::FileExt;
+    let bs = budge::sys::fs_info(fs.file_with("probe", &[]))
+        .unwrap()
+        .block_size
+        .max(4096);
+    let f = fs.file_with(name, &data(size - (inserts * bs) as usize, 11));
+    let mut model = read_all(&f);
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    for i in 0..inserts {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let at = (x % (model.len() as u64 / bs + 1)) * bs;
+        let piece = data(bs as usize, 1000 + i);
+        budge::insert(&f, at, bs, &budge::ShiftOptions::default()).unwrap();
+        f.write_all_at(&piece, at).unwrap();
+        let at = at as usize;
+        model.splice(at..at, piece);
+    }
+    f.sync_all().unwrap();
+    assert!(read_all(&f) == model, "{}: the inserts themselves", fs.kind);
+    (f, model)
+}
+
+// The fragmentation budge's own users get: 1,000 random inserts into a
+// file, each inserted range then written (a store growing its regions).
+// Relocation puts it back into few extents, byte for byte.
+fs_test!(heals_a_file_fragmented_by_1000_inserts, |fs| {
+    let (f, model) = fragment_by_inserts(fs, "f", 8 << 20, 1000);
+    let r = relocate(&f, &RelocateOptions::default()).unwrap();
+    eprintln!(
+        "{}: 1000 inserts: {} extents -> {} ({}), moved {}, chunks {}/{} skipped {:?}, {:?}",
+        fs.kind,
+        r.extents_before,
+        r.extents_after,
+        r.strategy,
+        r.bytes_moved,
+        r.chunks_moved,
+        r.chunks,
+        r.chunks_skipped,
+        r.elapsed
+    );
+    assert!(read_all(&f) == model, "{}: content changed", fs.kind);
+    if has_extents(fs) {
+        assert!(
+            r.extents_before >= 500,
+            "{}: not fragmented: {r:?}",
+            fs.kind
+        );
+        assert!(r.chunks_skipped.is_empty(), "{r:?}");
+        // One allocation for the whole run of chunks: a handful of extents
+        // at most (FIEMAP splits at the filesystem's largest extent).
+        let after = extent_count(&f).unwrap();
+        assert!(after <= 4, "{}: {after} extents after: {r:?}", fs.kind);
+    } else {
+        assert_eq!(r.strategy, RelocateStrategy::Nothing);
+    }
+});
+
+// ENOSPC part-way: the filesystem fills up (another writer takes the last
+// free space) after the first chunk's donor was allocated. The chunks whose
+// donors could not be allocated are left as they were and reported; the
+// file is intact; a later run with space again finishes the job.
+#[cfg(feature = "failpoints")]
+fn enospc_part_way(kind: &'static str) {
+    use std::sync::{Arc, Mutex};
+    run_small(kind, |fs| {
+        let (f, d) = fragment_by_inserts(fs, "f", 8 << 20, 1000);
+        // Too little free space for one donor spanning the whole file, so
+        // each chunk gets its own: fill the filesystem, then free 3 MiB in
+        // one place.
+        let keep = fs.file_with("keep", &[]);
+        budge::sys::fallocate(&keep, budge::sys::Falloc::Allocate, 0, 3 << 20).unwrap();
+        let filler = fill_fs(fs, 64 << 10);
+        drop(keep);
+        std::fs::remove_file(fs.path("keep")).unwrap();
+        std::process::Command::new("sync").status().unwrap();
+        let scenario = fail::FailScenario::setup();
+        let me = std::thread::current().id();
+        let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let armed2 = armed.clone();
+        fail::cfg_callback("budge::relocate::before-swap", move || {
+            if std::thread::current().id() == me {
+                armed2.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+        .unwrap();
+        let taken: Arc<Mutex<Vec<File>>> = Arc::default();
+        let (rest_path, taken2) = (fs.path("rest"), taken.clone());
+        // Once the first chunk is under way, every donor allocation finds
+        // the space gone.
+        fail::cfg_callback("budge::relocate::donor-alloc", move || {
+            if std::thread::current().id() == me && armed.load(std::sync::atomic::Ordering::SeqCst)
+            {
+                let mut t = taken2.lock().unwrap();
+                let rest = File::options()
+                    .create(true)
+                    .write(true)
+                    .open(format!("{}.{}", rest_path.display(), t.len()))
+                    .unwrap();
+                let mut at = 0;
+                let mut n = 1u64 << 20;
+                while n >= 4096 {
+                    match budge::sys::fallocate(&rest, budge::sys::Falloc::Allocate, at, n) {
+                        Ok(()) => at += n,
+                        Err(_) => n /= 2,
+                    }
+                }
+                t.push(rest);
+            }
+        })
+        .unwrap();
+        let r = relocate(&f, &opts(1 << 20));
+        scenario.teardown();
+        let r = r.unwrap();
+        eprintln!(
+            "{kind}: ENOSPC part-way: extents {} chunks {} moved {} skipped {:?}",
+            r.extents_before, r.chunks, r.chunks_moved, r.chunks_skipped
+        );
+        assert!(read_all(&f) == d, "{kind}: content changed");
+        assert!(r.chunks_moved >= 1, "{r:?}");
+        assert!(
+            r.chunks_skipped
+                .iter()
+                .any(|c| c.reason == SkipReason::NoSpace),
+            "{r:?}"
+        );
+        assert!(
+            r.chunks_skipped
+                .iter()
+                .all(|c| c.reason == SkipReason::NoSpace),
+            "{r:?}"
+        );
+        assert_eq!(
+            r.chunks_moved + r.chunks_skipped.len() as u64,
+            r.chunks,
+            "{r:?}"
+        );
+        // Space again: the rest is relocated.
+        for (i, t) in taken.lock().unwrap().drain(..).enumerate() {
+            drop(t);
+            std::fs::remove_file(format!("{}.{i}", fs.path("rest").display())).unwrap();
+        }
+        drop(filler);
+        std::fs::remove_file(fs.path("filler")).unwrap();
+        // btrfs returns freed extents at the next transaction commit.
+        std::process::Command::new("sync").status().unwrap();
+        let r2 = relocate(&f, &opts(1 << 20)).unwrap();
+        assert!(
+            r2.chunks_skipped
+                .iter()
+                .all(|c| matches!(c.reason, SkipReason::DonorNotBetter { .. })),
+            "{r2:?}"
+        );
+        assert!(extent_count(&f).unwrap() * 3 < r.extents_before, "{r2:?}");
+        assert!(read_all(&f) == d);
+    });
+}
+
+#[cfg(feature = "failpoints")]
+kind_tests!(enospc_part_way; enospc_part_way_xfs = "xfs", enospc_part_way_btrfs = "btrfs", enospc_part_way_ext4 = "ext4");
+
 #[test]
 fn invalid_arguments() {
     common::run("xfs", |fs| {

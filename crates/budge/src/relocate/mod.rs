@@ -301,8 +301,16 @@ fn moved_bytes(before: &[Extent], after: &[Extent]) -> u64 {
 }
 
 /// Plans the chunks of `[start, end)`: which are fragmented, and which of
-/// those must be skipped whatever the strategy.
-fn plan(ext: &[Extent], start: u64, end: u64, chunk: u64, opts: &RelocateOptions) -> Vec<Chunk> {
+/// those must be skipped whatever the strategy. `shared_elsewhere` says
+/// whether an extent FIEMAP flags as shared is shared with another file.
+fn plan(
+    ext: &[Extent],
+    start: u64,
+    end: u64,
+    chunk: u64,
+    opts: &RelocateOptions,
+    shared_elsewhere: &dyn Fn(&Extent) -> bool,
+) -> Vec<Chunk> {
     let mut out = Vec::new();
     let mut at = start;
     while at < end {
@@ -324,7 +332,11 @@ fn plan(ext: &[Extent], start: u64, end: u64, chunk: u64, opts: &RelocateOptions
                 Some(SkipReason::Holes)
             } else if any(flags::DATA_INLINE | flags::ENCODED | flags::DATA_TAIL) {
                 Some(SkipReason::Special)
-            } else if any(flags::SHARED) && !opts.unshare {
+            } else if !opts.unshare
+                && here
+                    .iter()
+                    .any(|e| e.flags & flags::SHARED != 0 && shared_elsewhere(e))
+            {
                 Some(SkipReason::Shared)
             } else {
                 None
@@ -339,6 +351,60 @@ fn plan(ext: &[Extent], start: u64, end: u64, chunk: u64, opts: &RelocateOptions
         at = stop;
     }
     out
+}
+
+/// Whether an extent FIEMAP flags as shared is shared with another file.
+///
+/// btrfs flags an extent shared when it has two references, even both from
+/// this file: after budge's reflink shift, the part before the insertion
+/// point and the part after it reference one on-disk extent. Moving such
+/// pieces unshares nothing another file sees, so on btrfs each flagged
+/// extent's references are listed (`BTRFS_IOC_LOGICAL_INO_V2`, which needs
+/// `CAP_SYS_ADMIN`) and it counts as shared only if one is from another
+/// inode or subvolume. Elsewhere, or when the listing fails, every flagged
+/// extent counts as shared.
+fn shared_check(file: &File, kind: FsKind) -> impl Fn(&Extent) -> bool + '_ {
+    let me = (kind == FsKind::Btrfs)
+        .then(|| {
+            let ino = rustix::fs::fstat(file).ok()?.st_ino;
+            let root = sys::btrfs_subvolume_id(file).ok()?;
+            Some((ino, root))
+        })
+        .flatten();
+    // File offsets of this file's references already known to be to
+    // extents only this file references: one listing covers every piece of
+    // an extent (a file shifted 1,000 times holds hundreds of pieces of one
+    // extent), so each extent is listed once.
+    let mine_only = std::cell::RefCell::new(std::collections::HashSet::new());
+    move |e: &Extent| {
+        let Some((ino, root)) = me else {
+            return true;
+        };
+        if mine_only.borrow().contains(&e.logical) {
+            return false;
+        }
+        match sys::btrfs_extent_refs(file, e.physical) {
+            Ok((refs, true))
+                if !refs.is_empty() && refs.iter().all(|r| r.inode == ino && r.root == root) =>
+            {
+                mine_only.borrow_mut().extend(refs.iter().map(|r| r.offset));
+                false
+            }
+            _ => true,
+        }
+    }
+}
+
+/// The end of the run of adjacent chunks to move that starts at `chunks[0]`.
+fn span_end(chunks: &[Chunk]) -> u64 {
+    let mut end = chunks[0].offset + chunks[0].len;
+    for c in &chunks[1..] {
+        if c.offset != end || c.skip.is_some() {
+            break;
+        }
+        end = c.offset + c.len;
+    }
+    end
 }
 
 fn order(kind: FsKind, path: bool) -> Vec<RelocateStrategy> {
@@ -368,6 +434,16 @@ struct Ctx<'a> {
     bs: u64,
     size: u64,
     op: String,
+    /// The current donor and the file range `[start, end)` preallocated in
+    /// it: one allocation for a whole run of fragmented chunks, so the
+    /// chunks land next to each other on disk.
+    donor: std::cell::RefCell<Option<Donor>>,
+}
+
+struct Donor {
+    file: File,
+    start: u64,
+    end: u64,
 }
 
 impl Ctx<'_> {
@@ -375,19 +451,50 @@ impl Ctx<'_> {
         move |e| Error::os(self.op.clone(), call, e)
     }
 
-    /// A donor on the file's filesystem, as long as the file, with
-    /// `[offset, offset+len)` preallocated. `None` on ENOSPC.
-    fn donor(&self, offset: u64, len: u64) -> Result<Option<File>> {
-        let d = self
-            .caps
-            .temp_file_near(self.file)
-            .map_err(self.err("create donor file"))?;
-        sys::ftruncate(&d, self.size).map_err(self.err("ftruncate"))?;
-        let alen = align_up(len, self.bs).unwrap_or(len);
-        match sys::fallocate(&d, Falloc::AllocateKeepSize, offset, alen) {
-            Ok(()) => Ok(Some(d)),
-            Err(e) if crate::error::kind_of(&e) == ErrorKind::NoSpace => Ok(None),
-            Err(e) => Err(Error::os(self.op.clone(), "fallocate(donor)", e)),
+    /// Makes sure the current donor covers chunk `c`: a donor on the file's
+    /// filesystem, as long as the file, with `[c.offset, span_end)`
+    /// preallocated (the run of fragmented chunks starting at `c`), halving
+    /// the span down to the chunk alone while the filesystem lacks the
+    /// space. False when not even the chunk fits.
+    fn ensure_donor(&self, c: &Chunk, span_end: u64) -> Result<bool> {
+        let end = c.offset + c.len;
+        if matches!(&*self.donor.borrow(), Some(d) if d.start <= c.offset && end <= d.end) {
+            return Ok(true);
+        }
+        // The previous donor's blocks (the old fragments, after move-ext)
+        // are freed before allocating the next.
+        *self.donor.borrow_mut() = None;
+        let mut want = span_end.max(end) - c.offset;
+        loop {
+            let d = match self.caps.temp_file_near(self.file) {
+                Ok(d) => d,
+                // No inode left.
+                Err(e) if crate::error::kind_of(&e) == ErrorKind::NoSpace => return Ok(false),
+                Err(e) => return Err(Error::os(self.op.clone(), "create donor file", e)),
+            };
+            sys::ftruncate(&d, self.size).map_err(self.err("ftruncate"))?;
+            let alen = align_up(want, self.bs).unwrap_or(want);
+            fail::fail_point!("budge::relocate::donor-alloc");
+            match sys::fallocate(&d, Falloc::AllocateKeepSize, c.offset, alen) {
+                Ok(()) => {
+                    *self.donor.borrow_mut() = Some(Donor {
+                        file: d,
+                        start: c.offset,
+                        end: c.offset + want,
+                    });
+                    return Ok(true);
+                }
+                Err(e) if crate::error::kind_of(&e) == ErrorKind::NoSpace => {
+                    // A failed fallocate may leave part of the range
+                    // allocated: start again from an empty donor.
+                    drop(d);
+                    if want <= c.len {
+                        return Ok(false);
+                    }
+                    want = (align_up(want / 2, self.bs).unwrap_or(want / 2)).max(c.len);
+                }
+                Err(e) => return Err(Error::os(self.op.clone(), "fallocate(donor)", e)),
+            }
         }
     }
 
@@ -399,11 +506,13 @@ impl Ctx<'_> {
         }))
     }
 
-    fn move_ext(&self, c: &Chunk) -> Result<Step> {
-        let Some(donor) = self.donor(c.offset, c.len)? else {
+    fn move_ext(&self, c: &Chunk, span_end: u64) -> Result<Step> {
+        if !self.ensure_donor(c, span_end)? {
             return Ok(Step::Skipped(SkipReason::NoSpace));
-        };
-        if let Some(r) = self.check_donor(&donor, c)? {
+        }
+        let guard = self.donor.borrow();
+        let donor = &guard.as_ref().expect("ensured above").file;
+        if let Some(r) = self.check_donor(donor, c)? {
             return Ok(Step::Skipped(r));
         }
         fail::fail_point!("budge::relocate::before-swap");
@@ -414,7 +523,7 @@ impl Ctx<'_> {
         while done < blocks {
             let n = match sys::ext4_move_ext(
                 self.file,
-                &donor,
+                donor,
                 first + done,
                 first + done,
                 blocks - done,
@@ -430,6 +539,12 @@ impl Ctx<'_> {
                     sys::fdatasync(self.file).map_err(self.err("fdatasync"))?;
                     continue;
                 }
+                // Out of space for the extent tree (the donor's blocks are
+                // already allocated): what moved stays moved, content is
+                // the same either way, the rest of the chunk is left.
+                Err(e) if crate::error::kind_of(&e) == ErrorKind::NoSpace => {
+                    return Ok(Step::Skipped(SkipReason::NoSpace))
+                }
                 Err(e) => return Err(Error::os(self.op.clone(), "EXT4_IOC_MOVE_EXT", e)),
             };
             if n == 0 {
@@ -440,10 +555,12 @@ impl Ctx<'_> {
         Ok(Step::Moved)
     }
 
-    fn dedupe(&self, c: &Chunk) -> Result<Step> {
-        let Some(donor) = self.donor(c.offset, c.len)? else {
+    fn dedupe(&self, c: &Chunk, span_end: u64) -> Result<Step> {
+        if !self.ensure_donor(c, span_end)? {
             return Ok(Step::Skipped(SkipReason::NoSpace));
-        };
+        }
+        let guard = self.donor.borrow();
+        let donor = &guard.as_ref().expect("ensured above").file;
         // Copy through user space: copy_file_range would reflink here.
         let mut buf = vec![0u8; (1 << 20).min(c.len as usize)];
         let mut at = c.offset;
@@ -462,20 +579,20 @@ impl Ctx<'_> {
             }
             at += n as u64;
         }
-        match sys::fdatasync(&donor) {
+        match sys::fdatasync(donor) {
             Ok(()) => {}
             Err(e) if crate::error::kind_of(&e) == ErrorKind::NoSpace => {
                 return Ok(Step::Skipped(SkipReason::NoSpace))
             }
             Err(e) => return Err(Error::os(self.op.clone(), "fdatasync(donor)", e)),
         }
-        if let Some(r) = self.check_donor(&donor, c)? {
+        if let Some(r) = self.check_donor(donor, c)? {
             return Ok(Step::Skipped(r));
         }
         fail::fail_point!("budge::relocate::before-swap");
         let mut at = c.offset;
         while at < end {
-            let d = sys::fideduperange(&donor, at, end - at, self.file, at)
+            let d = sys::fideduperange(donor, at, end - at, self.file, at)
                 .map_err(self.err("FIDEDUPERANGE"))?;
             if d.differs {
                 return Ok(Step::Skipped(SkipReason::Differs));
@@ -597,7 +714,8 @@ fn relocate_inner(
     };
     report.extents_before = before.len() as u64;
     report.extents_after = report.extents_before;
-    let chunks = plan(&before, start, end, chunk, opts);
+    let shared_elsewhere = shared_check(file, caps.fs.kind);
+    let chunks = plan(&before, start, end, chunk, opts, &shared_elsewhere);
     report.chunks = chunks.len() as u64;
     if chunks.is_empty() && opts.strategy.is_none() {
         report.elapsed = t0.elapsed();
@@ -631,6 +749,7 @@ fn relocate_inner(
         bs,
         size: info.size,
         op: op.clone(),
+        donor: std::cell::RefCell::new(None),
     };
     let mut tried_any = false;
     let mut ci = 0;
@@ -654,9 +773,10 @@ fn relocate_inner(
                 continue;
             }
             let ext_before = extents_in(file, c.offset, c.len)?;
+            let span_end = span_end(&chunks[ci..]);
             let step = match s {
-                RelocateStrategy::MoveExt => ctx.move_ext(c),
-                RelocateStrategy::Dedupe => ctx.dedupe(c),
+                RelocateStrategy::MoveExt => ctx.move_ext(c, span_end),
+                RelocateStrategy::Dedupe => ctx.dedupe(c, span_end),
                 RelocateStrategy::BtrfsDefrag => ctx.btrfs_defrag(c, opts.threshold),
                 RelocateStrategy::CopyRename | RelocateStrategy::Nothing => unreachable!(),
             };
@@ -710,6 +830,9 @@ fn relocate_inner(
             report.notes.join("; ")
         )));
     }
+    // Dropping the last donor frees the old blocks and its share of the new
+    // ones, so FIEMAP can report the file's extents merged.
+    drop(ctx);
     report.coherent = report.strategy.coherent();
     report.extents_after = extents_in(file, start, end - start)?.len() as u64;
     report.elapsed = t0.elapsed();
@@ -839,7 +962,7 @@ mod tests {
             e(32, 2000, 4),
             e(40, 3000, 4),
         ];
-        let p = plan(&ext, 0, 48, 16, &o);
+        let p = plan(&ext, 0, 48, 16, &o, &|_| true);
         assert_eq!(p.len(), 2);
         assert_eq!((p[0].offset, p[0].pieces, p[0].skip.clone()), (0, 2, None));
         assert_eq!(p[1].skip, Some(SkipReason::Holes));

@@ -1,5 +1,6 @@
 //! Typed wrappers for the ioctls rustix does not wrap: FICLONERANGE,
 //! FIDEDUPERANGE, FIEMAP, EXT4_IOC_MOVE_EXT, BTRFS_IOC_DEFRAG_RANGE,
+//! BTRFS_IOC_INO_LOOKUP, BTRFS_IOC_LOGICAL_INO_V2,
 //! XFS_IOC_EXCHANGE_RANGE and FS_IOC_SHUTDOWN.
 //!
 //! Each kernel struct is `#[repr(C)]` with the layout from the kernel's uapi
@@ -383,6 +384,133 @@ pub fn btrfs_defrag_range<Fd: AsFd>(
         )
     }
     .map_err(Into::into)
+}
+
+/// `struct btrfs_ioctl_ino_lookup_args` from `<linux/btrfs.h>`.
+#[repr(C)]
+struct BtrfsInoLookupArgs {
+    treeid: u64,
+    objectid: u64,
+    name: [u8; 4080],
+}
+const _: () = assert!(std::mem::size_of::<BtrfsInoLookupArgs>() == 4096);
+const BTRFS_IOC_INO_LOOKUP: Opcode = opcode::read_write::<BtrfsInoLookupArgs>(0x94, 18);
+/// The objectid of a subvolume's root directory.
+const BTRFS_FIRST_FREE_OBJECTID: u64 = 256;
+
+/// The id of the btrfs subvolume (tree) holding `fd`'s inode:
+/// `BTRFS_IOC_INO_LOOKUP` with tree 0 for the subvolume's root directory,
+/// which needs no privilege.
+///
+/// # Errors
+/// `ENOTTY` outside btrfs.
+///
+/// # References
+/// - `fs/btrfs/ioctl.c`, `btrfs_ioctl_ino_lookup()` in the Linux sources
+#[doc(alias = "BTRFS_IOC_INO_LOOKUP")]
+pub fn btrfs_subvolume_id<Fd: AsFd>(fd: Fd) -> io::Result<u64> {
+    let mut arg = BtrfsInoLookupArgs {
+        treeid: 0,
+        objectid: BTRFS_FIRST_FREE_OBJECTID,
+        name: [0; 4080],
+    };
+    // SAFETY: BTRFS_IOC_INO_LOOKUP reads and updates a
+    // `struct btrfs_ioctl_ino_lookup_args`, reproduced by
+    // `BtrfsInoLookupArgs` (size asserted), which lives across the call.
+    unsafe {
+        ioctl(
+            fd,
+            Updater::<BTRFS_IOC_INO_LOOKUP, BtrfsInoLookupArgs>::new(&mut arg),
+        )
+    }?;
+    Ok(arg.treeid)
+}
+
+/// `struct btrfs_ioctl_logical_ino_args` from `<linux/btrfs.h>`.
+#[repr(C)]
+struct BtrfsLogicalInoArgs {
+    logical: u64,
+    size: u64,
+    reserved: [u64; 3],
+    flags: u64,
+    inodes: u64,
+}
+const _: () = assert!(std::mem::size_of::<BtrfsLogicalInoArgs>() == 56);
+const BTRFS_IOC_LOGICAL_INO_V2: Opcode = opcode::read_write::<BtrfsLogicalInoArgs>(0x94, 59);
+const BTRFS_LOGICAL_INO_ARGS_IGNORE_OFFSET: u64 = 1;
+
+/// One reference to a btrfs data extent: the inode, the file offset the
+/// reference starts at, and the subvolume (tree) id.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct BtrfsExtentRef {
+    /// Inode number within its subvolume.
+    pub inode: u64,
+    /// File offset of the reference.
+    pub offset: u64,
+    /// Subvolume (tree) id.
+    pub root: u64,
+}
+
+/// Every reference to the btrfs data extent holding `logical` (a physical
+/// address as FIEMAP reports it on btrfs), from any file in any subvolume:
+/// `BTRFS_IOC_LOGICAL_INO_V2` with `IGNORE_OFFSET`. `fd` is any file on the
+/// filesystem. The buffer grows to what the kernel says it needs, up to the
+/// kernel's limit of 16 MiB; the flag is false if references were still
+/// left out.
+///
+/// # Errors
+/// `EPERM` without `CAP_SYS_ADMIN`, `ENOTTY` outside btrfs, `ENOENT` when
+/// nothing is at `logical`.
+///
+/// # References
+/// - `fs/btrfs/ioctl.c`, `btrfs_ioctl_logical_to_ino()` in the Linux sources
+#[doc(alias = "BTRFS_IOC_LOGICAL_INO_V2")]
+pub fn btrfs_extent_refs<Fd: AsFd>(
+    fd: Fd,
+    logical: u64,
+) -> io::Result<(Vec<BtrfsExtentRef>, bool)> {
+    const LIMIT: usize = 16 << 20;
+    // `struct btrfs_data_container`: four u32 counters (bytes_left,
+    // bytes_missing, elem_cnt, elem_missed), then u64 triples.
+    let mut bytes = 4096;
+    loop {
+        let mut buf = vec![0u64; bytes / 8];
+        let mut arg = BtrfsLogicalInoArgs {
+            logical,
+            size: bytes as u64,
+            reserved: [0; 3],
+            flags: BTRFS_LOGICAL_INO_ARGS_IGNORE_OFFSET,
+            inodes: buf.as_mut_ptr() as u64,
+        };
+        // SAFETY: BTRFS_IOC_LOGICAL_INO_V2 reads and updates a
+        // `struct btrfs_ioctl_logical_ino_args`, reproduced by
+        // `BtrfsLogicalInoArgs` (size asserted); the kernel writes at most
+        // `size` bytes to `inodes`, which points at `buf`, exactly `size`
+        // bytes long and alive (not moved) across the call.
+        unsafe {
+            ioctl(
+                fd.as_fd(),
+                Updater::<BTRFS_IOC_LOGICAL_INO_V2, BtrfsLogicalInoArgs>::new(&mut arg),
+            )
+        }?;
+        let missing = (buf[0] >> 32) as usize;
+        let elem_cnt = (buf[1] & 0xffff_ffff) as usize;
+        let elem_missed = (buf[1] >> 32) as usize;
+        if elem_missed > 0 && bytes < LIMIT {
+            bytes = (bytes + missing.max(4096)).next_multiple_of(8).min(LIMIT);
+            continue;
+        }
+        let n = elem_cnt.min(buf.len() - 2) / 3;
+        let refs = buf[2..2 + 3 * n]
+            .chunks_exact(3)
+            .map(|t| BtrfsExtentRef {
+                inode: t[0],
+                offset: t[1],
+                root: t[2],
+            })
+            .collect();
+        return Ok((refs, elem_missed == 0));
+    }
 }
 
 /// `struct xfs_exchange_range` from `<xfs/xfs_fs.h>` (Linux 6.10+).
