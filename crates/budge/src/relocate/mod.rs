@@ -412,7 +412,7 @@ fn order(kind: FsKind, path: bool) -> Vec<RelocateStrategy> {
     let mut v = match kind {
         FsKind::Ext4 => vec![MoveExt],
         FsKind::Xfs => vec![Dedupe],
-        FsKind::Btrfs => vec![Dedupe, BtrfsDefrag],
+        FsKind::Btrfs => vec![BtrfsDefrag, Dedupe],
         FsKind::Tmpfs => return Vec::new(),
         FsKind::Other(_) => vec![Dedupe, MoveExt, BtrfsDefrag],
     };

@@ -141,9 +141,19 @@ impl Capabilities {
     }
 }
 
-fn cache() -> &'static Mutex<HashMap<u64, Arc<Capabilities>>> {
-    static CACHE: OnceLock<Mutex<HashMap<u64, Arc<Capabilities>>>> = OnceLock::new();
+/// The cache key: `st_dev` and the filesystem type. A device number alone
+/// is reused: unmount one filesystem and mount another on the same (loop)
+/// device and it comes back with other capabilities.
+type Key = (u64, u64);
+
+fn cache() -> &'static Mutex<HashMap<Key, Arc<Capabilities>>> {
+    static CACHE: OnceLock<Mutex<HashMap<Key, Arc<Capabilities>>>> = OnceLock::new();
     CACHE.get_or_init(Mutex::default)
+}
+
+#[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
+fn fs_type(sfs: &rustix::fs::StatFs) -> u64 {
+    sfs.f_type as u64
 }
 
 /// The capabilities of the filesystem holding `dir`, probed once per
@@ -156,14 +166,17 @@ pub fn probe(dir: &Path) -> Result<Arc<Capabilities>> {
     let dev = std::fs::metadata(dir)
         .map_err(|e| Error::os("probe", "stat", e).with_path(dir))
         .map(|m| std::os::unix::fs::MetadataExt::dev(&m))?;
-    if let Some(c) = cache().lock().unwrap_or_else(|p| p.into_inner()).get(&dev) {
+    let sfs = rustix::fs::statfs(dir)
+        .map_err(|e| Error::os("probe", "statfs", e.into()).with_path(dir))?;
+    let key = (dev, fs_type(&sfs));
+    if let Some(c) = cache().lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
         return Ok(Arc::clone(c));
     }
     let caps = Arc::new(probe_uncached(dir)?);
     cache()
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .insert(dev, Arc::clone(&caps));
+        .insert(key, Arc::clone(&caps));
     Ok(caps)
 }
 
@@ -181,7 +194,12 @@ pub fn probe_file(file: &File) -> Result<Arc<Capabilities>> {
 /// [`probe_file`] for a caller that already knows the file's `st_dev`
 /// (saves an `fstat` on every operation).
 pub(crate) fn probe_file_on(file: &File, dev: u64) -> Result<Arc<Capabilities>> {
-    if let Some(c) = cache().lock().unwrap_or_else(|p| p.into_inner()).get(&dev) {
+    let sfs = rustix::fs::fstatfs(file).map_err(|e| Error::os("probe", "fstatfs", e.into()))?;
+    if let Some(c) = cache()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&(dev, fs_type(&sfs)))
+    {
         return Ok(Arc::clone(c));
     }
     let probed = match dir_of(file) {

@@ -75,6 +75,7 @@ impl LoopFs {
         match kind {
             "xfs" => run("mkfs.xfs", &["-q", "-f", "-m", "reflink=1", &fs.dev])?,
             "ext4" => run("mkfs.ext4", &["-q", "-F", &fs.dev])?,
+            "btrfs" => run("mkfs.btrfs", &["-q", "-f", &fs.dev])?,
             k => return Err(format!("no mkfs for {k}")),
         };
         fs.mount()?;
