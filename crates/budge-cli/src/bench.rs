@@ -14,6 +14,7 @@
 //! the copying ones each on their own, fewer times at large sizes.
 
 mod data;
+pub mod defrag;
 mod measure;
 mod report;
 pub mod store;

@@ -107,32 +107,58 @@ enum Cmd {
         /// Only this range: OFFSET LEN.
         #[arg(long, num_args = 2, value_names = ["OFFSET", "LEN"], value_parser = parse_size)]
         range: Option<Vec<u64>>,
-        /// Extents shorter than this count as fragments.
-        #[arg(long, default_value = "1M", value_parser = parse_size)]
-        threshold: u64,
-        /// The most bytes moved in one step.
-        #[arg(long, default_value = "16M", value_parser = parse_size)]
-        chunk: u64,
-        /// Force one strategy: move-ext, dedupe, btrfs-defrag, copy-rename.
-        #[arg(long)]
-        strategy: Option<budge::RelocateStrategy>,
-        /// Also move shared (reflinked) extents, unsharing them.
-        #[arg(long)]
-        unshare: bool,
-        /// Report what would be moved; change nothing.
-        #[arg(long)]
-        dry_run: bool,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        relocate: RelocateArgs,
     },
     /// Benchmark insert/collapse strategies against a naive rewrite.
     Bench(bench::BenchArgs),
+    /// Benchmark budge's relocation (defrag) against the filesystem's own
+    /// defragmenter (e4defrag, xfs_fsr, btrfs defragment) on the same
+    /// fragmented file.
+    DefragBench(bench::defrag::DefragBenchArgs),
     /// A store: named growable arrays in one memory-mapped file.
     #[command(subcommand)]
     Store(store_cmd::StoreCmd),
     /// Page-granular copy-on-write overlays over a read-only base file.
     #[command(subcommand)]
     Overlay(overlay_cmd::OverlayCmd),
+}
+
+/// How `defrag` and `store compact` relocate.
+#[derive(Args)]
+pub struct RelocateArgs {
+    /// Extents shorter than this count as fragments.
+    #[arg(long, default_value = "1M", value_parser = parse_size)]
+    threshold: u64,
+    /// The most bytes moved in one step.
+    #[arg(long, default_value = "16M", value_parser = parse_size)]
+    chunk: u64,
+    /// Force one strategy: move-ext, dedupe, btrfs-defrag, copy-rename.
+    #[arg(long)]
+    strategy: Option<budge::RelocateStrategy>,
+    /// Also move shared (reflinked) extents, unsharing them.
+    #[arg(long)]
+    unshare: bool,
+    /// Report what would be moved; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl RelocateArgs {
+    /// The options, for the whole file.
+    pub fn options(&self) -> budge::RelocateOptions {
+        budge::RelocateOptions {
+            range: None,
+            threshold: self.threshold,
+            chunk: self.chunk,
+            strategy: self.strategy,
+            unshare: self.unshare,
+            dry_run: self.dry_run,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -312,25 +338,17 @@ fn run(cmd: Cmd) -> CliResult {
         Cmd::Defrag {
             file,
             range,
-            threshold,
-            chunk,
-            strategy,
-            unshare,
-            dry_run,
-            json,
+            relocate,
         } => {
             let opts = budge::RelocateOptions {
                 range: range.map(|v| (v[0], v[1])),
-                threshold,
-                chunk,
-                strategy,
-                unshare,
-                dry_run,
+                ..relocate.options()
             };
             let r = budge::relocate_path(&file, &opts)?;
-            output::print_relocate(&file, &r, json)?;
+            output::print_relocate(&file, &r, relocate.json)?;
         }
         Cmd::Bench(args) => bench::run(&args)?,
+        Cmd::DefragBench(args) => bench::defrag::run(&args)?,
         Cmd::Store(cmd) => store_cmd::run(cmd)?,
         Cmd::Overlay(cmd) => overlay_cmd::run(cmd)?,
     }

@@ -323,36 +323,35 @@ impl Progress {
     }
 }
 
-pub fn print_relocate(file: &Path, r: &budge::RelocateReport, json: bool) -> Res {
-    if json {
-        let skipped: Vec<_> = r
-            .chunks_skipped
-            .iter()
-            .map(|c| json!({"offset": c.offset, "len": c.len, "reason": c.reason.to_string()}))
-            .collect();
-        return emit(&json!({
-            "operation": "defrag",
-            "file": file,
-            "strategy": r.strategy.name(),
-            "coherent": r.coherent,
-            "dry_run": r.dry_run,
-            "offset": r.range.0,
-            "len": r.range.1,
-            "extents_before": r.extents_before,
-            "extents_after": r.extents_after,
-            "bytes_moved": r.bytes_moved,
-            "chunks": r.chunks,
-            "chunks_moved": r.chunks_moved,
-            "chunks_skipped": skipped,
-            "notes": r.notes,
-            "elapsed_ms": r.elapsed.as_secs_f64() * 1e3,
-        }));
-    }
-    let mut o = std::io::stdout().lock();
+fn relocate_json(r: &budge::RelocateReport) -> serde_json::Value {
+    let skipped: Vec<_> = r
+        .chunks_skipped
+        .iter()
+        .map(|c| json!({"offset": c.offset, "len": c.len, "reason": c.reason.to_string()}))
+        .collect();
+    json!({
+        "strategy": r.strategy.name(),
+        "coherent": r.coherent,
+        "dry_run": r.dry_run,
+        "offset": r.range.0,
+        "len": r.range.1,
+        "extents_before": r.extents_before,
+        "extents_after": r.extents_after,
+        "bytes_moved": r.bytes_moved,
+        "chunks": r.chunks,
+        "chunks_moved": r.chunks_moved,
+        "chunks_skipped": skipped,
+        "notes": r.notes,
+        "elapsed_ms": r.elapsed.as_secs_f64() * 1e3,
+    })
+}
+
+/// One report for humans: a line headed by `what`, then skipped chunks and
+/// notes indented.
+fn write_relocate(o: &mut impl Write, what: &str, r: &budge::RelocateReport) -> Res {
     writeln!(
         o,
-        "defrag {}{}: strategy {}, extents {} -> {}, {} moved, {} of {} fragmented chunks moved, {:.1} ms",
-        file.display(),
+        "{what}{}: strategy {}, extents {} -> {}, {} moved, {} of {} fragmented chunks moved, {:.1} ms",
         if r.dry_run { " (dry run)" } else { "" },
         r.strategy,
         r.extents_before,
@@ -373,6 +372,46 @@ pub fn print_relocate(file: &Path, r: &budge::RelocateReport, json: bool) -> Res
     }
     for n in &r.notes {
         writeln!(o, "  note: {n}")?;
+    }
+    Ok(())
+}
+
+pub fn print_relocate(file: &Path, r: &budge::RelocateReport, json: bool) -> Res {
+    if json {
+        let mut v = relocate_json(r);
+        v["operation"] = json!("defrag");
+        v["file"] = json!(file);
+        return emit(&v);
+    }
+    write_relocate(
+        &mut std::io::stdout().lock(),
+        &format!("defrag {}", file.display()),
+        r,
+    )
+}
+
+pub fn print_compact(file: &Path, done: &[budge::store::Compacted], json: bool) -> Res {
+    if json {
+        let regions: Vec<_> = done
+            .iter()
+            .map(|c| {
+                let mut v = relocate_json(&c.report);
+                v["region"] = json!(c.name);
+                v
+            })
+            .collect();
+        return emit(&json!({"operation": "compact", "file": file, "regions": regions}));
+    }
+    let mut o = std::io::stdout().lock();
+    if done.is_empty() {
+        writeln!(o, "compact {}: no regions with data", file.display())?;
+    }
+    for c in done {
+        write_relocate(
+            &mut o,
+            &format!("compact {} region {:?}", file.display(), c.name),
+            &c.report,
+        )?;
     }
     Ok(())
 }

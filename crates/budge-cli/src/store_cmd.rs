@@ -91,6 +91,13 @@ pub enum StoreCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Relocate the regions that resizes fragmented into as few extents as
+    /// the filesystem gives, in place (layout, bytes and mappings kept).
+    Compact {
+        file: PathBuf,
+        #[command(flatten)]
+        relocate: crate::RelocateArgs,
+    },
     /// Benchmark the store scenario (grow the first of 8 regions 100 times).
     Bench(bench::store::StoreBenchArgs),
 }
@@ -425,6 +432,12 @@ pub fn run(cmd: StoreCmd) -> CliResult {
                 )
                 .into());
             }
+        }
+        StoreCmd::Compact { file, relocate } => {
+            let mut s = Store::open(&file, &StoreOptions::default())?;
+            print_recovery(&s);
+            let done = s.compact(&relocate.options())?;
+            crate::output::print_compact(&file, &done, relocate.json)?;
         }
         StoreCmd::Bench(args) => bench::store::run(&args)?,
     }

@@ -275,10 +275,10 @@ fs_test!(defrag_reports_and_keeps_content, |fs| {
         assert!(after < before, "{v}");
         assert!(v["bytes_moved"].as_u64().unwrap() > 0, "{v}");
         assert_eq!(v["coherent"], true, "{v}");
-        let want = if fs.kind == "ext4" {
-            "move-ext"
-        } else {
-            "dedupe"
+        let want = match fs.kind {
+            "ext4" => "move-ext",
+            "btrfs" => "btrfs-defrag",
+            _ => "dedupe",
         };
         assert_eq!(v["strategy"], want, "{v}");
     } else {
@@ -309,6 +309,44 @@ fs_test!(defrag_reports_and_keeps_content, |fs| {
     let o = budge(&["defrag", "/nonexistent/budge-f"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent/budge-f"));
+});
+
+fs_test!(store_compact_reports_each_region, |fs| {
+    let p = fs.path("st");
+    let p = p.to_str().unwrap();
+    assert!(budge(&["store", "create", p]).status.success());
+    for n in ["a", "b"] {
+        let o = budge(&["store", "add", p, n, "64K"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    // Interleaved growth of both regions, each step written.
+    let mut want = [Vec::new(), Vec::new()];
+    for i in 0..12u8 {
+        let k = usize::from(i % 2);
+        want[k].extend(std::iter::repeat_n(i, 64 << 10));
+        let o = budge_stdin(&["store", "put", p, ["a", "b"][k]], &want[k]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let v = json(&budge(&["store", "compact", p, "--json"]));
+    assert_eq!(v["operation"], "compact", "{v}");
+    let regions = v["regions"].as_array().unwrap();
+    assert_eq!(regions.len(), 2, "{v}");
+    assert_eq!(regions[0]["region"], "a", "{v}");
+    assert!(regions.iter().all(|r| r["coherent"] == true), "{v}");
+    for (k, n) in ["a", "b"].iter().enumerate() {
+        let o = budge(&["store", "cat", p, n]);
+        assert!(o.stdout == want[k], "region {n} changed");
+    }
+    let o = budge(&["store", "compact", p, "--dry-run"]);
+    assert!(o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("region \"b\" (dry run)"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let o = budge(&["store", "compact", p, "--strategy", "copy-rename"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("in place"));
 });
 
 fn budge_stdin(args: &[&str], input: &[u8]) -> Output {

@@ -216,3 +216,111 @@ fs_test!(snapshot_while_the_writer_goes_on, |fs: &TestFs| {
         }
     }
 });
+
+// Many small appends to random regions cut the store into hundreds of
+// extents; compact() puts each region back into few, keeping every byte,
+// the layout and the mapping's addresses; reads through the mapping during
+// and after see the same bytes, and the store reopens unchanged.
+fs_test!(compact_heals_what_resizes_fragmented, |fs: &TestFs| {
+    use budge::relocate::RelocateOptions;
+    let path = fs.path("frag");
+    let mut s = Store::create(&path, &opts(None)).unwrap();
+    let names = ["a", "b", "c", "d"];
+    let mut model: Vec<Vec<u8>> = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        s.add(n, MIB, 0).unwrap();
+        model.push(fill(&mut s, n, 50 + i as u64));
+    }
+    s.commit().unwrap();
+    let step = s.align();
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    for i in 0..150u64 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let k = (x % names.len() as u64) as usize;
+        let old = model[k].len();
+        s.resize(names[k], (old as u64) + step).unwrap();
+        let add = data(step as usize, 1000 + i);
+        s.bytes_mut(names[k]).unwrap()[old..].copy_from_slice(&add);
+        model[k].extend_from_slice(&add);
+        s.commit().unwrap();
+    }
+    let layout = s.regions();
+    let ext = |s: &Store| {
+        budge::extents::extents(&std::fs::File::open(s.path()).unwrap()).map(|v| v.len())
+    };
+    let before = ext(&s);
+    let dry = s
+        .compact(&RelocateOptions {
+            dry_run: true,
+            ..RelocateOptions::default()
+        })
+        .unwrap();
+    assert_eq!(
+        ext(&s).ok(),
+        before.as_ref().ok().copied(),
+        "dry run moved data"
+    );
+    let done = s.compact(&RelocateOptions::default()).unwrap();
+    let after = ext(&s);
+    eprintln!(
+        "{}: store compact: extents {:?} -> {:?}; {}",
+        fs.kind,
+        before.as_ref().ok(),
+        after.as_ref().ok(),
+        done.iter()
+            .map(|c| format!(
+                "{} {} {}->{} moved {}",
+                c.name,
+                c.report.strategy,
+                c.report.extents_before,
+                c.report.extents_after,
+                c.report.bytes_moved
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    assert_eq!(done.len(), names.len());
+    assert_eq!(dry.len(), names.len());
+    assert_eq!(
+        s.regions(),
+        layout,
+        "{}: layout or addresses changed",
+        fs.kind
+    );
+    for (k, n) in names.iter().enumerate() {
+        assert!(
+            s.bytes(n).unwrap() == &model[k][..],
+            "{}: region {n}",
+            fs.kind
+        );
+    }
+    if let (Ok(b), Ok(a)) = (before, after) {
+        assert!(b >= 40, "{}: not fragmented ({b} extents)", fs.kind);
+        assert!(a * 4 < b, "{}: {b} -> {a} extents", fs.kind);
+        assert!(done
+            .iter()
+            .all(|c| c.report.coherent && c.report.chunks_skipped.is_empty()));
+    } else {
+        assert!(done.iter().all(|c| c.report.bytes_moved == 0));
+    }
+    // Options that would not keep the store in place are refused.
+    let bad = s.compact(&RelocateOptions {
+        range: Some((0, 4096)),
+        ..RelocateOptions::default()
+    });
+    assert_eq!(bad.unwrap_err().kind(), ErrorKind::InvalidArgument);
+    drop(s);
+    let s = Store::open(&path, &opts(None)).unwrap();
+    assert!(s.recovery().actions.is_empty(), "{:?}", s.recovery());
+    for (k, n) in names.iter().enumerate() {
+        assert!(
+            s.bytes(n).unwrap() == &model[k][..],
+            "{}: region {n} after reopen",
+            fs.kind
+        );
+    }
+    let ro = Store::open_read_only(&path, &opts(None));
+    assert!(ro.is_err() || ro.unwrap().compact(&RelocateOptions::default()).is_err());
+});

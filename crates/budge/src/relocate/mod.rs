@@ -605,8 +605,13 @@ impl Ctx<'_> {
         Ok(Step::Moved)
     }
 
-    fn btrfs_defrag(&self, c: &Chunk, threshold: u64) -> Result<Step> {
-        let thresh = u32::try_from(threshold.max(1)).unwrap_or(u32::MAX);
+    /// The whole chunk is rewritten, like the donor strategies move it:
+    /// the kernel's threshold is the chunk's length, so every extent in it
+    /// (all shorter) is rewritten, not only those under
+    /// [`RelocateOptions::threshold`], which left a chunk of 1 MiB pieces as
+    /// it was.
+    fn btrfs_defrag(&self, c: &Chunk) -> Result<Step> {
+        let thresh = u32::try_from(c.len.max(1)).unwrap_or(u32::MAX);
         match sys::btrfs_defrag_range(
             self.file,
             c.offset,
@@ -777,7 +782,7 @@ fn relocate_inner(
             let step = match s {
                 RelocateStrategy::MoveExt => ctx.move_ext(c, span_end),
                 RelocateStrategy::Dedupe => ctx.dedupe(c, span_end),
-                RelocateStrategy::BtrfsDefrag => ctx.btrfs_defrag(c, opts.threshold),
+                RelocateStrategy::BtrfsDefrag => ctx.btrfs_defrag(c),
                 RelocateStrategy::CopyRename | RelocateStrategy::Nothing => unreachable!(),
             };
             let step = match step {

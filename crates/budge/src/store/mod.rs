@@ -146,6 +146,15 @@ pub struct ResizeReport {
     pub shift: Option<ShiftInfo>,
 }
 
+/// What [`Store::compact`] did to one region.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Compacted {
+    /// The region.
+    pub name: String,
+    /// The relocation of its bytes in use.
+    pub report: crate::relocate::RelocateReport,
+}
+
 /// What recovery found and did when the store was opened.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Recovery {
@@ -680,6 +689,59 @@ impl Store {
         let r = sys::fdatasync(&self.file).map_err(|e| os("commit", &self.path, "fdatasync", e));
         self.poison(r)?;
         self.clean_intent("commit")
+    }
+
+    /// Relocates the fragmented parts of every region into as few extents as
+    /// the filesystem gives ([`crate::relocate`]): the cure for a store that
+    /// many resizes have cut into thousands of extents, which makes each
+    /// later shift slower (XFS pays per extent to the right of an insert).
+    ///
+    /// Commits first (a pending change's journal records device addresses,
+    /// which relocation changes). Then each region's bytes in use are
+    /// relocated in place, chunk by chunk, keeping the inode, the layout
+    /// and every byte: the mapping, slices taken after, and other processes
+    /// reading the store see the same content throughout. Nothing in the
+    /// header changes, so a crash part-way needs no recovery: each chunk is
+    /// either moved or left as it was.
+    ///
+    /// `opts.range` must be `None` and the strategy an in-place one
+    /// (copy-rename would give the store a new inode under its own mapping).
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a read-only store or bad options; as
+    /// for [`crate::relocate`]. Chunks not moved for an expected reason (no
+    /// space, a concurrent writer) are in the reports, not errors.
+    pub fn compact(&mut self, opts: &crate::relocate::RelocateOptions) -> Result<Vec<Compacted>> {
+        let op = "compact store";
+        self.writable_check(op)?;
+        if opts.range.is_some() || opts.strategy == Some(crate::RelocateStrategy::CopyRename) {
+            return Err(err(
+                ErrorKind::InvalidArgument,
+                op,
+                &self.path,
+                "compaction relocates whole regions in place: no range, no copy-rename",
+            ));
+        }
+        if !opts.dry_run {
+            self.commit()?;
+        }
+        let mut out = Vec::new();
+        for r in self.header.regions.clone() {
+            if r.len == 0 {
+                continue;
+            }
+            let o = crate::relocate::RelocateOptions {
+                range: Some((r.offset, r.len)),
+                ..opts.clone()
+            };
+            let report =
+                crate::relocate::relocate(&self.file, &o).map_err(|e| e.with_path(&self.path))?;
+            out.push(Compacted {
+                name: r.name.clone(),
+                report,
+            });
+        }
+        Ok(out)
     }
 
     /// Closes the store the way a crash would: without replacing a pending

@@ -18,9 +18,9 @@ use rustix::fs::{FallocateFlags, Mode, OFlags, SeekFrom};
 use rustix::io::Errno;
 
 pub use ioctl::{
-    btrfs_defrag_range, btrfs_extent_refs, btrfs_subvolume_id, ext4_move_ext, ficlonerange, fideduperange, fiemap, fs_shutdown,
-    xfs_exchange_range, BtrfsExtentRef, Dedupe, RawExtent, ShutdownMode, BTRFS_DEFRAG_RANGE_START_IO,
-    FIEMAP_FLAG_SYNC,
+    btrfs_defrag_range, btrfs_extent_refs, btrfs_subvolume_id, ext4_move_ext, ficlonerange,
+    fideduperange, fiemap, fs_shutdown, xfs_exchange_range, BtrfsExtentRef, Dedupe, RawExtent,
+    ShutdownMode, BTRFS_DEFRAG_RANGE_START_IO, FIEMAP_FLAG_SYNC,
 };
 
 /// The `fallocate(2)` modes budge uses.
