@@ -692,7 +692,7 @@ impl Store {
     }
 
     /// Relocates the fragmented parts of every region into as few extents as
-    /// the filesystem gives ([`crate::relocate`]): the cure for a store that
+    /// the filesystem gives ([`crate::relocate::relocate`]): the cure for a store that
     /// many resizes have cut into thousands of extents, which makes each
     /// later shift slower (XFS pays per extent to the right of an insert).
     ///
@@ -709,7 +709,7 @@ impl Store {
     ///
     /// # Errors
     /// `InvalidArgument` for a read-only store or bad options; as
-    /// for [`crate::relocate`]. Chunks not moved for an expected reason (no
+    /// for [`crate::relocate::relocate`]. Chunks not moved for an expected reason (no
     /// space, a concurrent writer) are in the reports, not errors.
     pub fn compact(&mut self, opts: &crate::relocate::RelocateOptions) -> Result<Vec<Compacted>> {
         let op = "compact store";
