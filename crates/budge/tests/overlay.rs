@@ -664,7 +664,7 @@ fn enospc_commit(kind: &'static str) {
             assert_eq!(e.kind(), ErrorKind::NoSpace, "{kind} {strategy}: {e}");
             let after = read_all(&File::open(fs.path("base")).unwrap());
             assert!(after == before, "{kind} {strategy}: the base changed");
-            assert_eq!(ov.changes().len(), 1, "{kind} {strategy}");
+            assert_eq!(ov.changes().len(), 1, "{kind} {strategy}: {e}");
         }
         drop(filler);
         std::fs::remove_file(fs.path("filler")).unwrap();
