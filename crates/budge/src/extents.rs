@@ -242,6 +242,27 @@ pub fn summarize(ext: &[Extent], size: u64) -> Summary {
     s
 }
 
+/// Counts physically separate pieces of `ext` (sorted by logical offset):
+/// adjacent extents that continue each other on disk count once, so this is
+/// the fragmentation FIEMAP's extent count overstates where the filesystem
+/// splits long extents.
+pub fn pieces(ext: &[Extent]) -> u64 {
+    let mut n = 0;
+    let mut prev: Option<&Extent> = None;
+    for e in ext {
+        let joined = prev.is_some_and(|p| {
+            p.logical + p.length == e.logical
+                && p.physical != 0
+                && p.physical + p.length == e.physical
+        });
+        if !joined {
+            n += 1;
+        }
+        prev = Some(e);
+    }
+    n
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

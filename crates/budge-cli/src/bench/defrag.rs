@@ -46,7 +46,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use budge::extents::Extent;
 use budge::{FsKind, RelocateOptions, RelocateReport, ShiftOptions};
 use clap::Args;
 use serde_json::{json, Value};
@@ -497,25 +496,8 @@ fn layout(f: &File, path: &Path, step: &str) -> Result<Layout, String> {
         .map_err(|e| format!("{step}: FIEMAP of {}: {e}", path.display()))?;
     Ok(Layout {
         extents: ext.len() as u64,
-        pieces: pieces(&ext),
+        pieces: budge::extents::pieces(&ext),
     })
-}
-
-fn pieces(ext: &[Extent]) -> u64 {
-    let mut n = 0;
-    let mut prev: Option<&Extent> = None;
-    for e in ext {
-        let joined = prev.is_some_and(|p| {
-            p.logical + p.length == e.logical
-                && p.physical != 0
-                && p.physical + p.length == e.physical
-        });
-        if !joined {
-            n += 1;
-        }
-        prev = Some(e);
-    }
-    n
 }
 
 // ---------------------------------------------------------------------------

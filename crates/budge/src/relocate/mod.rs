@@ -31,7 +31,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::extents::{extents_in, flags, Extent};
+use crate::extents::{extents_in, flags, pieces, Extent};
 use crate::range::{align_down, align_up, fmt_size};
 use crate::sys::{self, probe::Capabilities, Falloc, FsKind};
 
@@ -259,25 +259,6 @@ struct Chunk {
     len: u64,
     pieces: u64,
     skip: Option<SkipReason>,
-}
-
-/// Counts physically separate pieces: adjacent extents that continue each
-/// other on disk count once.
-fn pieces(ext: &[Extent]) -> u64 {
-    let mut n = 0;
-    let mut prev: Option<&Extent> = None;
-    for e in ext {
-        let joined = prev.is_some_and(|p| {
-            p.logical + p.length == e.logical
-                && p.physical != 0
-                && p.physical + p.length == e.physical
-        });
-        if !joined {
-            n += 1;
-        }
-        prev = Some(e);
-    }
-    n
 }
 
 /// Bytes of `after` whose physical location differs from `before`.
