@@ -58,8 +58,7 @@ fn enospc(kind: &'static str) {
             }
         }
         assert!(failures > 0, "no strategy hit ENOSPC on {kind}");
-        drop(filler);
-        std::fs::remove_file(fs.path("filler")).unwrap();
+        common::free_filler(fs, filler, 1 << 20);
         // With space back, the same insert works.
         let r = insert(&f, 16 * BS, 4 * BS, &common::ShiftOptions::default()).unwrap();
         assert_ne!(r.strategy, Strategy::Nothing);

@@ -647,6 +647,7 @@ fn enospc_commit(kind: &'static str) {
             ov.write_at(at, &chunk).unwrap();
             at += chunk.len() as u64;
         }
+        assert!(at >= 4 << 20, "{kind}: only {at} bytes of changes fit");
         ov.flush().unwrap();
         let filler = common::fill_fs(fs, at / 4);
         let mut strategies = vec![CommitStrategy::InPlace];
@@ -666,8 +667,7 @@ fn enospc_commit(kind: &'static str) {
             assert!(after == before, "{kind} {strategy}: the base changed");
             assert_eq!(ov.changes().len(), 1, "{kind} {strategy}: {e}");
         }
-        drop(filler);
-        std::fs::remove_file(fs.path("filler")).unwrap();
+        common::free_filler(fs, filler, at + (1 << 20));
         ov.commit(&CommitOptions::default()).unwrap();
         let after = read_all(&File::open(fs.path("base")).unwrap());
         assert!(after[..at as usize].iter().all(|&b| b == 0xab));

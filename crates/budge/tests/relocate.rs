@@ -404,10 +404,7 @@ fn enospc_part_way(kind: &'static str) {
             drop(t);
             std::fs::remove_file(format!("{}.{i}", fs.path("rest").display())).unwrap();
         }
-        drop(filler);
-        std::fs::remove_file(fs.path("filler")).unwrap();
-        // btrfs returns freed extents at the next transaction commit.
-        std::process::Command::new("sync").status().unwrap();
+        common::free_filler(fs, filler, 16 << 20);
         let r2 = relocate(&f, &opts(1 << 20)).unwrap();
         assert!(
             r2.chunks_skipped

@@ -890,8 +890,7 @@ fn enospc(kind: &'static str) {
         assert_eq!(names_in(fs.dir.path()), names, "{kind}: stray files");
 
         // With space back, the commit works.
-        drop(filler);
-        std::fs::remove_file(fs.path("filler")).unwrap();
+        common::free_filler(fs, filler, 2 * len as u64);
         let mut m = open_in_memory(&path);
         m.copy_from_slice(&model);
         m.commit_and_close().unwrap();

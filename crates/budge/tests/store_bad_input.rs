@@ -1099,8 +1099,7 @@ fn enospc(kind: &'static str) {
             drop(s);
             let rep = check(&path).unwrap();
             assert!(rep.problems.is_empty(), "{what}: {rep:?}");
-            drop(filler);
-            std::fs::remove_file(fs.path("filler")).unwrap();
+            common::free_filler(fs, filler, 16 * MIB);
             std::fs::remove_file(&path).unwrap();
             if strategy == Some(Strategy::UserCopy) {
                 assert!(failed, "{what}: a user copy of 8 MiB fit in 1 MiB");

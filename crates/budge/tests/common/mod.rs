@@ -91,7 +91,36 @@ pub fn run_small(kind: &'static str, body: impl FnOnce(&TestFs)) {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(fs) = get("BUDGE_TEST_FS_SMALL", kind) {
+        // btrfs frees a deleted file's extents only when its transaction
+        // commits: without this, what an earlier test removed still counts
+        // as used (seen: 0 bytes free on an empty small btrfs).
+        rustix::fs::syncfs(File::open(fs.dir.path()).unwrap()).unwrap();
         body(&fs);
+    }
+}
+
+/// Closes and removes the file [`fill_fs`] made, then waits (up to 30 s)
+/// until the filesystem reports at least `need` bytes free again. Space
+/// does not come back at once: btrfs frees extents when its transaction
+/// commits, and a child forked by another test thread holds a duplicate of
+/// every descriptor until it execs.
+pub fn free_filler(fs: &TestFs, filler: File, need: u64) {
+    drop(filler);
+    std::fs::remove_file(fs.path("filler")).unwrap();
+    let dir = File::open(fs.dir.path()).unwrap();
+    let t = Instant::now();
+    loop {
+        rustix::fs::syncfs(&dir).unwrap();
+        let avail = budge::sys::fs_info(&dir).unwrap().avail_bytes;
+        if avail >= need {
+            return;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "{}: only {avail} bytes free 30 s after removing the filler; {need} needed",
+            fs.kind
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
