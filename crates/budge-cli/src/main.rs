@@ -100,7 +100,8 @@ enum Cmd {
     },
     /// Relocate a file's fragmented ranges into as few extents as the
     /// filesystem gives, in bounded chunks, under live mappings (move-ext on
-    /// ext4, dedupe on XFS and btrfs; copy-rename, not coherent for other
+    /// ext4, swapext for a whole fragmented file on XFS, dedupe on XFS and
+    /// btrfs, btrfs-defrag on btrfs; copy-rename, not coherent for other
     /// openers, where nothing else works).
     Defrag {
         file: PathBuf,
@@ -133,7 +134,7 @@ pub struct RelocateArgs {
     /// The most bytes moved in one step.
     #[arg(long, default_value = "16M", value_parser = parse_size)]
     chunk: u64,
-    /// Force one strategy: move-ext, dedupe, btrfs-defrag, copy-rename.
+    /// Force one strategy: move-ext, dedupe, swapext, btrfs-defrag, copy-rename.
     #[arg(long)]
     strategy: Option<budge::RelocateStrategy>,
     /// Also move shared (reflinked) extents, unsharing them.

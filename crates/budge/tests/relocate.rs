@@ -36,7 +36,7 @@ fn opts(chunk: u64) -> RelocateOptions {
 fn inplace(fs: &TestFs) -> Vec<RelocateStrategy> {
     match fs.kind {
         "ext4" => vec![RelocateStrategy::MoveExt],
-        "xfs" => vec![RelocateStrategy::Dedupe],
+        "xfs" => vec![RelocateStrategy::SwapExt, RelocateStrategy::Dedupe],
         "btrfs" => vec![RelocateStrategy::Dedupe, RelocateStrategy::BtrfsDefrag],
         _ => vec![],
     }
@@ -73,9 +73,10 @@ fs_test!(defragments_keeping_content, |fs| {
         let want = match fs.kind {
             "ext4" => RelocateStrategy::MoveExt,
             "btrfs" => RelocateStrategy::BtrfsDefrag,
-            _ => RelocateStrategy::Dedupe,
+            // The whole file is fragmented: one swap of all its extents.
+            _ => RelocateStrategy::SwapExt,
         };
-        assert_eq!(r.strategy, want);
+        assert_eq!(r.strategy, want, "{r:?}");
         // A second pass finds little or nothing left to do.
         let r2 = relocate(&f, &opts(2 << 20)).unwrap();
         assert!(r2.extents_after <= r.extents_after, "{r2:?}");
@@ -333,6 +334,24 @@ fn enospc_part_way(kind: &'static str) {
         drop(keep);
         std::fs::remove_file(fs.path("keep")).unwrap();
         std::process::Command::new("sync").status().unwrap();
+        if kind == "xfs" {
+            // The whole-file swap needs a donor as large as the file: with
+            // 3 MiB free it fails before changing anything.
+            let o = RelocateOptions {
+                strategy: Some(RelocateStrategy::SwapExt),
+                ..opts(1 << 20)
+            };
+            let r = relocate(&f, &o).unwrap();
+            assert_eq!(r.chunks_moved, 0, "{r:?}");
+            assert!(
+                r.chunks_skipped
+                    .iter()
+                    .all(|c| c.reason == SkipReason::NoSpace),
+                "{r:?}"
+            );
+            assert!(read_all(&f) == d, "{kind}: swapext changed content");
+            assert_eq!(extent_count(&f), Some(r.extents_before));
+        }
         let scenario = fail::FailScenario::setup();
         let me = std::thread::current().id();
         let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -368,9 +387,12 @@ fn enospc_part_way(kind: &'static str) {
             }
         })
         .unwrap();
-        // The donor strategies (btrfs-defrag allocates inside the kernel).
+        // The per-chunk donor strategies (btrfs-defrag allocates inside
+        // the kernel, swapext is all or nothing).
         let donor_opts = RelocateOptions {
-            strategy: inplace(fs).first().copied(),
+            strategy: inplace(fs)
+                .into_iter()
+                .find(|&s| s != RelocateStrategy::SwapExt),
             ..opts(1 << 20)
         };
         let r = relocate(&f, &donor_opts);
@@ -461,6 +483,12 @@ fn enospc(kind: &'static str) {
                         .all(|c| c.reason == SkipReason::NoSpace),
                     "{r:?}"
                 );
+                if kind == "xfs" {
+                    // The whole-file swap found no space and gave way to
+                    // the per-chunk dedupe, which found none either.
+                    assert_eq!(r.strategy, RelocateStrategy::Dedupe, "{r:?}");
+                    assert!(r.notes.iter().any(|n| n.starts_with("swapext")), "{r:?}");
+                }
             }
             Err(e) => assert_eq!(e.kind(), ErrorKind::NoSpace, "{e}"),
         }
@@ -527,12 +555,114 @@ fs_test!(racing_write_is_kept, |fs| {
     let r = r.unwrap();
     d[8192..8192 + 4096].copy_from_slice(&new);
     assert!(read_all(&f) == d, "{}: racing write lost", fs.kind);
-    if r.strategy == RelocateStrategy::Dedupe {
+    if r.strategy == RelocateStrategy::SwapExt {
+        // The kernel saw the file's times change: nothing was swapped.
+        assert_eq!(r.chunks_moved, 0, "{r:?}");
+        assert!(
+            r.chunks_skipped
+                .iter()
+                .all(|c| c.reason == SkipReason::Differs),
+            "{r:?}"
+        );
+    } else if r.strategy == RelocateStrategy::Dedupe {
         assert_eq!(r.chunks_skipped[0].offset, 0, "{r:?}");
         assert_eq!(r.chunks_skipped[0].reason, SkipReason::Differs, "{r:?}");
         assert_eq!(r.chunks_moved, r.chunks - 1, "{r:?}");
     } else {
         assert_eq!(r.chunks_moved, r.chunks, "{r:?}");
+    }
+});
+
+// A store through a writable MAP_SHARED mapping lands between the donor
+// copy and the swap, into a page the same mapping had already dirtied before
+// the relocation began (so its page-table entry may still be writable: no
+// fault, no page_mkwrite). Every in-place strategy must keep it. For the
+// whole-file swap this is what ordering "times, fdatasync, copy" is for: the
+// fdatasync write-protects the page, so the store faults and stamps mtime,
+// and the kernel refuses the swap.
+#[cfg(feature = "failpoints")]
+fs_test!(stores_through_a_dirty_mapping_are_kept, |fs| {
+    use std::sync::mpsc::channel;
+    use std::sync::{Arc, Mutex};
+    for s in inplace(fs) {
+        let (f, mut d) = fragmented(fs, &format!("m-{s}"), 4 << 20, 12);
+        // SAFETY: the file keeps its size while mapped: only relocation and
+        // this test's stores touch it.
+        let mut map = unsafe { budge::map::SharedMap::new(&f, d.len(), true) }.unwrap();
+        map.as_mut_slice().unwrap()[8192..8192 + 100].fill(0x11);
+        d[8192..8192 + 100].fill(0x11);
+        let scenario = fail::FailScenario::setup();
+        let me = std::thread::current().id();
+        let (go_tx, go_rx) = channel::<()>();
+        let (done_tx, done_rx) = channel::<()>();
+        let go = Arc::new(Mutex::new(Some(go_tx)));
+        let done = Arc::new(Mutex::new(done_rx));
+        let (go2, done2) = (go.clone(), done.clone());
+        fail::cfg_callback("budge::relocate::before-swap", move || {
+            if std::thread::current().id() != me {
+                return;
+            }
+            let tx = go2.lock().unwrap().take();
+            if let Some(tx) = tx {
+                tx.send(()).unwrap();
+                done2.lock().unwrap().recv().unwrap();
+            }
+        })
+        .unwrap();
+        let r = std::thread::scope(|sc| {
+            let map = &mut map;
+            let writer = sc.spawn(move || {
+                if go_rx.recv().is_ok() {
+                    map.as_mut_slice().unwrap()[8192 + 50..8192 + 150].fill(0x22);
+                    done_tx.send(()).unwrap();
+                    true
+                } else {
+                    false
+                }
+            });
+            let o = RelocateOptions {
+                strategy: Some(s),
+                ..opts(1 << 20)
+            };
+            let r = relocate(&f, &o);
+            // No failpoint on this strategy's path: release the writer.
+            go.lock().unwrap().take();
+            (r, writer.join().unwrap())
+        });
+        scenario.teardown();
+        let (r, wrote) = r;
+        let r = r.unwrap();
+        if wrote {
+            d[8192 + 50..8192 + 150].fill(0x22);
+        }
+        assert!(
+            read_all(&f) == d,
+            "{} {s}: a store through the mapping was lost: {r:?}",
+            fs.kind
+        );
+        assert!(
+            map.as_slice() == &d[..],
+            "{} {s}: the mapping differs",
+            fs.kind
+        );
+        eprintln!(
+            "{} {s}: store {}; moved {} chunks, skipped {:?}",
+            fs.kind,
+            if wrote {
+                "between copy and swap"
+            } else {
+                "not raced (no window)"
+            },
+            r.chunks_moved,
+            r.chunks_skipped
+                .iter()
+                .map(|c| c.reason.to_string())
+                .collect::<Vec<_>>()
+        );
+        if s == RelocateStrategy::SwapExt {
+            assert!(wrote);
+            assert_eq!(r.chunks_moved, 0, "{r:?}");
+        }
     }
 });
 

@@ -12,6 +12,14 @@
 //!
 //! - [`RelocateStrategy::MoveExt`] (ext4): a preallocated donor file and
 //!   `EXT4_IOC_MOVE_EXT`, which swaps blocks under the page lock.
+//! - [`RelocateStrategy::SwapExt`] (XFS, whole file, first when at least
+//!   half the file's data is in fragmented chunks): the method of
+//!   `xfs_fsr`. A donor preallocated over the file's data, filled with
+//!   direct I/O, then `XFS_IOC_SWAPEXT` swaps every extent in one
+//!   transaction, refused by the kernel if the file's times changed since
+//!   the copy began (a concurrent write: nothing is swapped). It gives way
+//!   to `Dedupe` for a range, shared extents, less fragmentation, or too
+//!   little space for a whole-file donor.
 //! - [`RelocateStrategy::Dedupe`] (XFS, btrfs): copy the chunk into a
 //!   preallocated donor, then `FIDEDUPERANGE` donor → file, which remaps
 //!   only if the bytes are still equal. A concurrent write makes the chunk
@@ -42,6 +50,9 @@ pub enum RelocateStrategy {
     MoveExt,
     /// Copy into a preallocated donor, then `FIDEDUPERANGE` donor → file.
     Dedupe,
+    /// XFS, whole file: copy into a preallocated donor with direct I/O, then
+    /// `XFS_IOC_SWAPEXT` (the method of `xfs_fsr`).
+    SwapExt,
     /// btrfs `BTRFS_IOC_DEFRAG_RANGE`.
     BtrfsDefrag,
     /// Copy into a new file and rename it over the path (not coherent).
@@ -56,6 +67,7 @@ impl RelocateStrategy {
         match self {
             RelocateStrategy::MoveExt => "move-ext",
             RelocateStrategy::Dedupe => "dedupe",
+            RelocateStrategy::SwapExt => "swapext",
             RelocateStrategy::BtrfsDefrag => "btrfs-defrag",
             RelocateStrategy::CopyRename => "copy-rename",
             RelocateStrategy::Nothing => "none",
@@ -63,9 +75,10 @@ impl RelocateStrategy {
     }
 
     /// The strategies a caller may force.
-    pub const FORCEABLE: [RelocateStrategy; 4] = [
+    pub const FORCEABLE: [RelocateStrategy; 5] = [
         RelocateStrategy::MoveExt,
         RelocateStrategy::Dedupe,
+        RelocateStrategy::SwapExt,
         RelocateStrategy::BtrfsDefrag,
         RelocateStrategy::CopyRename,
     ];
@@ -90,7 +103,7 @@ impl std::str::FromStr for RelocateStrategy {
             .find(|st| st.name() == s)
             .ok_or_else(|| {
                 format!(
-                    "unknown strategy {s:?} (expected move-ext, dedupe, btrfs-defrag or copy-rename)"
+                    "unknown strategy {s:?} (expected move-ext, dedupe, swapext, btrfs-defrag or copy-rename)"
                 )
             })
     }
@@ -392,7 +405,7 @@ fn order(kind: FsKind, path: bool) -> Vec<RelocateStrategy> {
     use RelocateStrategy::*;
     let mut v = match kind {
         FsKind::Ext4 => vec![MoveExt],
-        FsKind::Xfs => vec![Dedupe],
+        FsKind::Xfs => vec![SwapExt, Dedupe],
         FsKind::Btrfs => vec![BtrfsDefrag, Dedupe],
         FsKind::Tmpfs => return Vec::new(),
         FsKind::Other(_) => vec![Dedupe, MoveExt, BtrfsDefrag],
@@ -407,6 +420,30 @@ fn order(kind: FsKind, path: bool) -> Vec<RelocateStrategy> {
 enum Step {
     Moved,
     Skipped(SkipReason),
+}
+
+/// The outcome of a whole-file strategy ([`RelocateStrategy::SwapExt`]).
+enum Whole {
+    /// Every extent of the file now lives in the donor's allocation.
+    Swapped,
+    /// Nothing changed, for a reason that applies to every chunk.
+    Skipped(SkipReason),
+    /// The strategy does not apply to this file (why); nothing changed.
+    NotHere(String),
+}
+
+/// Turns an `ENOSPC` into `Whole::Skipped(NoSpace)` and anything else into
+/// an error of `op` at `call`.
+macro_rules! or_no_space {
+    ($e:expr, $op:expr, $call:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(e) if crate::error::kind_of(&e) == ErrorKind::NoSpace => {
+                return Ok(Whole::Skipped(SkipReason::NoSpace))
+            }
+            Err(e) => return Err(Error::os($op.clone(), $call, e)),
+        }
+    };
 }
 
 struct Ctx<'a> {
@@ -560,21 +597,25 @@ impl Ctx<'_> {
             }
             at += n as u64;
         }
-        match sys::fdatasync(donor) {
-            Ok(()) => {}
-            Err(e) if crate::error::kind_of(&e) == ErrorKind::NoSpace => {
-                return Ok(Step::Skipped(SkipReason::NoSpace))
-            }
-            Err(e) => return Err(Error::os(self.op.clone(), "fdatasync(donor)", e)),
-        }
+        // No fdatasync of the donor: FIEMAP below (FIEMAP_FLAG_SYNC) and
+        // the dedupe itself write the chunk back and wait for it, and the
+        // journal's cache flush that makes the remap durable also makes
+        // those completed writes durable. One fdatasync of the file at the
+        // end makes the run durable.
         if let Some(r) = self.check_donor(donor, c)? {
             return Ok(Step::Skipped(r));
         }
         fail::fail_point!("budge::relocate::before-swap");
         let mut at = c.offset;
         while at < end {
-            let d = sys::fideduperange(donor, at, end - at, self.file, at)
-                .map_err(self.err("FIDEDUPERANGE"))?;
+            let d = match sys::fideduperange(donor, at, end - at, self.file, at) {
+                Ok(d) => d,
+                // Writing the donor back failed for want of space.
+                Err(e) if crate::error::kind_of(&e) == ErrorKind::NoSpace => {
+                    return Ok(Step::Skipped(SkipReason::NoSpace))
+                }
+                Err(e) => return Err(Error::os(self.op.clone(), "FIDEDUPERANGE", e)),
+            };
             if d.differs {
                 return Ok(Step::Skipped(SkipReason::Differs));
             }
@@ -584,6 +625,101 @@ impl Ctx<'_> {
             at += d.bytes_deduped;
         }
         Ok(Step::Moved)
+    }
+
+    /// XFS, whole file, the method of `xfs_fsr`: a donor preallocated over
+    /// the file's data, filled with direct I/O, then `XFS_IOC_SWAPEXT`,
+    /// which writes back and drops the file's page cache (mappings refault
+    /// from the new blocks) and swaps every extent in one transaction. No
+    /// byte comparison, unlike [`Ctx::dedupe`]: a concurrent write is caught
+    /// by the kernel's check that the file's ctime and mtime are those read
+    /// before the copy. The order makes that check sufficient: times read,
+    /// then `fdatasync` (which write-protects every dirty page, so any later
+    /// store through a mapping faults and stamps the times), then the copy.
+    /// A store into a page made writable before the `fdatasync` is written
+    /// back by it and so is in the copy. Linux's multigrain timestamps
+    /// (6.13+) make a stamp after a read of the times always differ from it.
+    fn swapext(&self, before: &[Extent], chunks: &[Chunk]) -> Result<Whole> {
+        if let Some(c) = chunks
+            .iter()
+            .find(|c| matches!(c.skip, Some(SkipReason::Shared | SkipReason::Special)))
+        {
+            let why = c.skip.as_ref().map(ToString::to_string).unwrap_or_default();
+            return Ok(Whole::NotHere(format!(
+                "the whole-file swap would rewrite {} at {} ({why}); moved per chunk instead",
+                fmt_size(c.len),
+                fmt_size(c.offset)
+            )));
+        }
+        let st = rustix::fs::fstat(self.file)
+            .map_err(|e| Error::os(self.op.clone(), "fstat", e.into()))?;
+        let times = (
+            (st.st_ctime, st.st_ctime_nsec as u32),
+            (st.st_mtime, st.st_mtime_nsec as u32),
+        );
+        sys::fdatasync(self.file).map_err(self.err("fdatasync"))?;
+        let ext = extents_in(self.file, 0, self.size)?;
+        let d = match self.caps.temp_file_near(self.file) {
+            Ok(d) => d,
+            Err(e) if crate::error::kind_of(&e) == ErrorKind::NoSpace => {
+                return Ok(Whole::Skipped(SkipReason::NoSpace))
+            }
+            Err(e) => return Err(Error::os(self.op.clone(), "create donor file", e)),
+        };
+        sys::ftruncate(&d, self.size).map_err(self.err("ftruncate"))?;
+        // One allocation per run of logically adjacent extents (holes stay
+        // holes; unwritten extents stay allocated and unwritten).
+        fail::fail_point!("budge::relocate::donor-alloc");
+        for (start, end) in runs(&ext, |_| true) {
+            let len = align_up(end - start, self.bs).unwrap_or(end - start);
+            or_no_space!(
+                sys::fallocate(&d, Falloc::AllocateKeepSize, start, len),
+                self.op,
+                "fallocate(donor)"
+            );
+        }
+        // Direct I/O into the donor: no page cache to fill and write back
+        // (where the filesystem refuses it, buffered writes do the same job).
+        let direct = sys::set_direct(&d, true).is_ok();
+        let data = runs(&ext, |e| e.flags & flags::UNWRITTEN == 0);
+        let grew = match copy_ranges(self.file, &d, &data, self.bs, direct, self.size) {
+            Ok(grew) => grew,
+            Err(CopyError::Read(e)) => return Err(Error::os(self.op.clone(), "pread", e)),
+            Err(CopyError::Write(e)) if crate::error::kind_of(&e) == ErrorKind::NoSpace => {
+                return Ok(Whole::Skipped(SkipReason::NoSpace))
+            }
+            Err(CopyError::Write(e)) => return Err(Error::os(self.op.clone(), "pwrite(donor)", e)),
+        };
+        if grew {
+            sys::ftruncate(&d, self.size).map_err(self.err("ftruncate(donor)"))?;
+        }
+        let donor_pieces = pieces(&extents_in(&d, 0, self.size)?);
+        let file_pieces = pieces(before);
+        if donor_pieces >= file_pieces {
+            return Ok(Whole::Skipped(SkipReason::DonorNotBetter {
+                donor: donor_pieces,
+                file: file_pieces,
+            }));
+        }
+        fail::fail_point!("budge::relocate::before-swap");
+        match sys::xfs_swapext(self.file, &d, self.size, times) {
+            Ok(()) => Ok(Whole::Swapped),
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()) => {
+                Ok(Whole::Skipped(SkipReason::Differs))
+            }
+            Err(e) if crate::error::kind_of(&e) == ErrorKind::NoSpace => {
+                Ok(Whole::Skipped(SkipReason::NoSpace))
+            }
+            Err(e)
+                if matches!(
+                    crate::error::kind_of(&e),
+                    ErrorKind::Unsupported | ErrorKind::InvalidArgument
+                ) =>
+            {
+                Ok(Whole::NotHere(format!("XFS_IOC_SWAPEXT refused: {e}")))
+            }
+            Err(e) => Err(Error::os(self.op.clone(), "XFS_IOC_SWAPEXT", e)),
+        }
     }
 
     /// The whole chunk is rewritten, like the donor strategies move it:
@@ -611,6 +747,114 @@ impl Ctx<'_> {
         // durable (the content is the same either way).
         Ok(Step::Moved)
     }
+}
+
+/// The maximal runs `[start, end)` of logically adjacent extents that `keep`
+/// accepts.
+fn runs(ext: &[Extent], keep: impl Fn(&Extent) -> bool) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for e in ext.iter().filter(|e| keep(e)) {
+        match out.last_mut() {
+            Some(last) if last.1 == e.logical => last.1 = e.logical + e.length,
+            _ => out.push((e.logical, e.logical + e.length)),
+        }
+    }
+    out
+}
+
+/// Which side of [`copy_ranges`] failed.
+enum CopyError {
+    Read(std::io::Error),
+    Write(std::io::Error),
+}
+
+/// Copies `ranges` of `src` into `dst` at the same offsets through user
+/// space, reading the next 8 MiB on a second thread while the last is
+/// written. Buffers are page-aligned for direct I/O; with `direct`, each
+/// write is rounded up to whole `bs` blocks (zeros past EOF). True when
+/// `dst` grew past `size` that way.
+fn copy_ranges(
+    src: &File,
+    dst: &File,
+    ranges: &[(u64, u64)],
+    bs: u64,
+    direct: bool,
+    size: u64,
+) -> std::result::Result<bool, CopyError> {
+    use std::sync::mpsc::{channel, sync_channel};
+    const BUF: usize = 8 << 20;
+    const ALIGN: usize = 4096;
+    // A buffer travels with its offset and the bytes to write.
+    type Full = (Vec<u8>, u64, usize);
+    std::thread::scope(|sc| {
+        let (full_tx, full_rx) = sync_channel::<Full>(1);
+        let (empty_tx, empty_rx) = channel::<Vec<u8>>();
+        for _ in 0..2 {
+            let _ = empty_tx.send(vec![0u8; BUF + ALIGN]);
+        }
+        let reader = sc.spawn(move || -> std::io::Result<()> {
+            for &(start, end) in ranges {
+                let mut at = start;
+                while at < end {
+                    // The writer stopped (an error): so does the reader.
+                    let Ok(mut raw) = empty_rx.recv() else {
+                        return Ok(());
+                    };
+                    let skew = raw.as_ptr().align_offset(ALIGN);
+                    let want = BUF.min((end - at) as usize);
+                    let got = read_full(src, &mut raw[skew..skew + want], at)?;
+                    let n = if direct {
+                        align_up(got as u64, bs).unwrap_or(got as u64) as usize
+                    } else {
+                        got
+                    };
+                    raw[skew + got..skew + n].fill(0);
+                    if full_tx.send((raw, at, n)).is_err() {
+                        return Ok(());
+                    }
+                    if got < want {
+                        break;
+                    }
+                    at += want as u64;
+                }
+            }
+            Ok(())
+        });
+        let mut grew = false;
+        let mut failed = None;
+        for (raw, at, n) in full_rx {
+            let skew = raw.as_ptr().align_offset(ALIGN);
+            if let Err(e) = dst.write_all_at(&raw[skew..skew + n], at) {
+                failed = Some(e);
+                break;
+            }
+            grew |= at + n as u64 > size;
+            let _ = empty_tx.send(raw);
+        }
+        drop(empty_tx);
+        let read = reader
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        match (failed, read) {
+            (Some(e), _) => Err(CopyError::Write(e)),
+            (None, Err(e)) => Err(CopyError::Read(e)),
+            (None, Ok(())) => Ok(grew),
+        }
+    })
+}
+
+/// Reads into `buf` from `at` until it is full or EOF; the bytes read.
+fn read_full(file: &File, buf: &mut [u8], at: u64) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read_at(&mut buf[got..], at + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
 }
 
 fn relocate_inner(
@@ -749,6 +993,52 @@ fn relocate_inner(
             return copy_rename(file, path, &caps, opts, report, t0, &before);
         }
         report.strategy = s;
+        if s == RelocateStrategy::SwapExt {
+            let movable = chunks
+                .iter()
+                .any(|c| matches!(c.skip, None | Some(SkipReason::Holes)));
+            let data: u64 = before.iter().map(|e| e.length).sum();
+            let fragmented: u64 = chunks.iter().map(|c| c.len).sum();
+            let outcome = if start != 0 || end != info.size {
+                Whole::NotHere("a whole-file strategy; a range is moved per chunk".into())
+            } else if !movable {
+                Whole::Skipped(SkipReason::Unchanged)
+            } else if opts.strategy.is_none() && fragmented.saturating_mul(2) < data {
+                Whole::NotHere(format!(
+                    "{} of {} fragmented: moved per chunk rather than rewriting the whole file",
+                    fmt_size(fragmented),
+                    fmt_size(data)
+                ))
+            } else {
+                ctx.swapext(&before, &chunks)?
+            };
+            let forced = opts.strategy.is_some();
+            match outcome {
+                Whole::Swapped => {
+                    report.chunks_moved = chunks.len() as u64;
+                    ci = chunks.len();
+                    break;
+                }
+                Whole::Skipped(r) if forced || !movable => {
+                    for c in &chunks {
+                        report.chunks_skipped.push(SkippedChunk {
+                            offset: c.offset,
+                            len: c.len,
+                            reason: c.skip.clone().unwrap_or_else(|| r.clone()),
+                        });
+                    }
+                    ci = chunks.len();
+                    break;
+                }
+                Whole::Skipped(r) => report.notes.push(format!("{s}: {r}")),
+                Whole::NotHere(why) if forced => {
+                    return Err(Error::new(ErrorKind::Unsupported, op).with_hint(why))
+                }
+                Whole::NotHere(why) => report.notes.push(format!("{s}: {why}")),
+            }
+            strategy_idx += 1;
+            continue;
+        }
         while ci < chunks.len() {
             let c = &chunks[ci];
             if let Some(r) = &c.skip {
@@ -766,7 +1056,9 @@ fn relocate_inner(
                 RelocateStrategy::MoveExt => ctx.move_ext(c, span_end),
                 RelocateStrategy::Dedupe => ctx.dedupe(c, span_end),
                 RelocateStrategy::BtrfsDefrag => ctx.btrfs_defrag(c),
-                RelocateStrategy::CopyRename | RelocateStrategy::Nothing => unreachable!(),
+                RelocateStrategy::SwapExt
+                | RelocateStrategy::CopyRename
+                | RelocateStrategy::Nothing => unreachable!(),
             };
             let step = match step {
                 // The kernel refused the strategy before any chunk moved:
@@ -821,11 +1113,15 @@ fn relocate_inner(
     // Dropping the last donor frees the old blocks and its share of the new
     // ones, so FIEMAP can report the file's extents merged.
     drop(ctx);
-    if report.chunks_moved > 0 && report.strategy == RelocateStrategy::BtrfsDefrag {
+    if report.chunks_moved > 0 {
         sys::fdatasync(file).map_err(|e| Error::os(op.clone(), "fdatasync", e))?;
     }
     report.coherent = report.strategy.coherent();
-    report.extents_after = extents_in(file, start, end - start)?.len() as u64;
+    let after = extents_in(file, start, end - start)?;
+    report.extents_after = after.len() as u64;
+    if report.strategy == RelocateStrategy::SwapExt {
+        report.bytes_moved = moved_bytes(&before, &after);
+    }
     report.elapsed = t0.elapsed();
     Ok(report)
 }

@@ -1,7 +1,7 @@
 //! Typed wrappers for the ioctls rustix does not wrap: FICLONERANGE,
 //! FIDEDUPERANGE, FIEMAP, EXT4_IOC_MOVE_EXT, BTRFS_IOC_DEFRAG_RANGE,
 //! BTRFS_IOC_INO_LOOKUP, BTRFS_IOC_LOGICAL_INO_V2,
-//! XFS_IOC_EXCHANGE_RANGE and FS_IOC_SHUTDOWN.
+//! XFS_IOC_EXCHANGE_RANGE, XFS_IOC_SWAPEXT and FS_IOC_SHUTDOWN.
 //!
 //! Each kernel struct is `#[repr(C)]` with the layout from the kernel's uapi
 //! headers, checked by a size assertion; each call goes through
@@ -558,6 +558,117 @@ pub fn xfs_exchange_range<F1: AsFd, F2: AsFd>(
         ioctl(
             file2,
             Setter::<XFS_IOC_EXCHANGE_RANGE, XfsExchangeRange>::new(arg),
+        )
+    }
+    .map_err(Into::into)
+}
+
+/// `struct xfs_bstime` from `<xfs/xfs_fs.h>` (64-bit: `long` seconds).
+#[repr(C)]
+#[derive(Default)]
+struct XfsBstime {
+    tv_sec: i64,
+    tv_nsec: i32,
+}
+
+/// `struct xfs_bstat` from `<xfs/xfs_fs.h>`: only the change and modify
+/// times are read by `XFS_IOC_SWAPEXT`.
+#[repr(C)]
+#[derive(Default)]
+struct XfsBstat {
+    ino: u64,
+    mode: u16,
+    nlink: u16,
+    uid: u32,
+    gid: u32,
+    rdev: u32,
+    blksize: i32,
+    size: i64,
+    atime: XfsBstime,
+    mtime: XfsBstime,
+    ctime: XfsBstime,
+    blocks: i64,
+    xflags: u32,
+    extsize: i32,
+    extents: i32,
+    gen: u32,
+    projid_lo: u16,
+    forkoff: u16,
+    projid_hi: u16,
+    sick: u16,
+    checked: u16,
+    pad: [u8; 2],
+    cowextsize: u32,
+    dmevmask: u32,
+    dmstate: u16,
+    aextents: u16,
+}
+const _: () = assert!(std::mem::size_of::<XfsBstat>() == 136);
+
+/// `struct xfs_swapext` from `<xfs/xfs_fs.h>`.
+#[repr(C)]
+struct XfsSwapext {
+    version: i64,
+    fdtarget: i64,
+    fdtmp: i64,
+    offset: i64,
+    length: i64,
+    pad: [u8; 16],
+    stat: XfsBstat,
+}
+const _: () = assert!(std::mem::size_of::<XfsSwapext>() == 192);
+const XFS_IOC_SWAPEXT: Opcode = opcode::read_write::<XfsSwapext>(b'X', 109);
+
+/// `ioctl(target, XFS_IOC_SWAPEXT, {target, tmp, 0, len, stat})`: exchange
+/// all the extents of `target` and `tmp` (both `len` bytes long), the
+/// primitive `xfs_fsr` uses. The kernel writes back and drops both files'
+/// page caches (so mappings refault from the new blocks), then refuses with
+/// `EBUSY` if `target`'s ctime or mtime differ from `times`
+/// (`((ctime_sec, ctime_nsec), (mtime_sec, mtime_nsec))`, taken before the
+/// copy): a write since then is never swapped away.
+///
+/// # Errors
+/// `ENOTTY`/`EINVAL` outside XFS, `EBUSY` when `target` changed, `EINVAL`
+/// when pages stay cached (pinned) or the forks' formats do not allow it,
+/// `EFAULT` when `len` is not both files' size.
+///
+/// # References
+/// - `xfs_swap_extents` in the kernel's `fs/xfs/xfs_bmap_util.c`; `xfs_fsr(8)`
+#[doc(alias = "XFS_IOC_SWAPEXT")]
+pub fn xfs_swapext<T: AsFd, D: AsFd>(
+    target: T,
+    tmp: D,
+    len: u64,
+    times: ((i64, u32), (i64, u32)),
+) -> io::Result<()> {
+    let ((cs, cn), (ms, mn)) = times;
+    let nsec = |n: u32| i32::try_from(n).map_err(|_| io::ErrorKind::InvalidInput);
+    let mut arg = XfsSwapext {
+        version: 0,
+        fdtarget: i64::from(target.as_fd().as_raw_fd()),
+        fdtmp: i64::from(tmp.as_fd().as_raw_fd()),
+        offset: 0,
+        length: i64::try_from(len).map_err(|_| io::ErrorKind::InvalidInput)?,
+        pad: [0; 16],
+        stat: XfsBstat {
+            ctime: XfsBstime {
+                tv_sec: cs,
+                tv_nsec: nsec(cn)?,
+            },
+            mtime: XfsBstime {
+                tv_sec: ms,
+                tv_nsec: nsec(mn)?,
+            },
+            ..XfsBstat::default()
+        },
+    };
+    // SAFETY: XFS_IOC_SWAPEXT reads a `struct xfs_swapext`, reproduced by
+    // `XfsSwapext` (size asserted against the uapi layout, 192 bytes);
+    // both descriptors are open and borrowed for the call.
+    unsafe {
+        ioctl(
+            target,
+            Updater::<XFS_IOC_SWAPEXT, XfsSwapext>::new(&mut arg),
         )
     }
     .map_err(Into::into)

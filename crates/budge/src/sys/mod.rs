@@ -19,8 +19,8 @@ use rustix::io::Errno;
 
 pub use ioctl::{
     btrfs_defrag_range, btrfs_extent_refs, btrfs_subvolume_id, ext4_move_ext, ficlonerange,
-    fideduperange, fiemap, fs_shutdown, xfs_exchange_range, BtrfsExtentRef, Dedupe, RawExtent,
-    ShutdownMode, BTRFS_DEFRAG_RANGE_START_IO, FIEMAP_FLAG_SYNC,
+    fideduperange, fiemap, fs_shutdown, xfs_exchange_range, xfs_swapext, BtrfsExtentRef, Dedupe,
+    RawExtent, ShutdownMode, BTRFS_DEFRAG_RANGE_START_IO, FIEMAP_FLAG_SYNC,
 };
 
 /// The `fallocate(2)` modes budge uses.
@@ -208,6 +208,20 @@ pub fn ftruncate<Fd: AsFd>(fd: Fd, size: u64) -> io::Result<()> {
 /// `fsync(fd)`.
 pub fn fsync<Fd: AsFd>(fd: Fd) -> io::Result<()> {
     rustix::fs::fsync(fd).map_err(Into::into)
+}
+
+/// Turns `O_DIRECT` on or off for `fd` (`fcntl(F_SETFL)`).
+///
+/// # Errors
+/// `EINVAL` where the filesystem has no direct I/O.
+pub fn set_direct<Fd: AsFd>(fd: Fd, on: bool) -> io::Result<()> {
+    let fl = rustix::fs::fcntl_getfl(&fd)?;
+    let fl = if on {
+        fl | OFlags::DIRECT
+    } else {
+        fl - OFlags::DIRECT
+    };
+    rustix::fs::fcntl_setfl(fd, fl).map_err(Into::into)
 }
 
 /// The page size (from the aux vector; no system call).
