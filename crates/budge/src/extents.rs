@@ -117,8 +117,23 @@ pub fn extents_in(file: &File, offset: u64, len: u64) -> Result<Vec<Extent>> {
     }
     let raw = sys::fiemap(file, offset, end - offset, sys::FIEMAP_FLAG_SYNC)
         .map_err(|e| Error::os("list extents", "FIEMAP", e))?;
-    Ok(raw
+    let raw: Vec<Extent> = raw
         .into_iter()
+        .map(|e| Extent {
+            logical: e.logical,
+            physical: e.physical,
+            length: e.length,
+            flags: e.flags,
+        })
+        .collect();
+    Ok(clip(&raw, offset, end - offset))
+}
+
+/// The part of `ext` within `[offset, offset + len)`, each extent trimmed
+/// to it (physical addresses moved along).
+pub fn clip(ext: &[Extent], offset: u64, len: u64) -> Vec<Extent> {
+    let end = offset.saturating_add(len);
+    ext.iter()
         .filter(|e| e.logical < end && e.logical.saturating_add(e.length) > offset)
         .map(|e| {
             let start = e.logical.max(offset);
@@ -134,7 +149,7 @@ pub fn extents_in(file: &File, offset: u64, len: u64) -> Result<Vec<Extent>> {
                 flags: e.flags,
             }
         })
-        .collect())
+        .collect()
 }
 
 /// The data/hole map of `file` from SEEK_DATA/SEEK_HOLE, covering

@@ -39,7 +39,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::extents::{extents_in, flags, pieces, Extent};
+use crate::extents::{clip, extents_in, flags, pieces, Extent};
 use crate::range::{align_down, align_up, fmt_size};
 use crate::sys::{self, probe::Capabilities, Falloc, FsKind};
 
@@ -984,6 +984,8 @@ fn relocate_inner(
         donor: std::cell::RefCell::new(None),
     };
     let mut tried_any = false;
+    // Chunks moved whose effect is measured after the run.
+    let mut pending: Vec<(u64, u64)> = Vec::new();
     let mut ci = 0;
     let mut strategy_idx = 0;
     while strategy_idx < candidates.len() {
@@ -1050,7 +1052,15 @@ fn relocate_inner(
                 ci += 1;
                 continue;
             }
-            let ext_before = extents_in(file, c.offset, c.len)?;
+            // btrfs-defrag's chunks are measured once, after the run: a
+            // FIEMAP (which syncs) around each would wait for each chunk's
+            // writeback before starting the next.
+            let deferred = s == RelocateStrategy::BtrfsDefrag;
+            let ext_before = if deferred {
+                Vec::new()
+            } else {
+                extents_in(file, c.offset, c.len)?
+            };
             let span_end = span_end(&chunks[ci..]);
             let step = match s {
                 RelocateStrategy::MoveExt => ctx.move_ext(c, span_end),
@@ -1078,6 +1088,11 @@ fn relocate_inner(
                 Ok(st) => st,
             };
             tried_any = true;
+            if deferred && matches!(step, Step::Moved) {
+                pending.push((c.offset, c.len));
+                ci += 1;
+                continue;
+            }
             let ext_after = extents_in(file, c.offset, c.len)?;
             let moved = moved_bytes(&ext_before, &ext_after);
             match step {
@@ -1122,6 +1137,20 @@ fn relocate_inner(
     if report.strategy == RelocateStrategy::SwapExt {
         report.bytes_moved = moved_bytes(&before, &after);
     }
+    for (offset, len) in pending {
+        let moved = moved_bytes(&clip(&before, offset, len), &clip(&after, offset, len));
+        if moved == 0 {
+            report.chunks_skipped.push(SkippedChunk {
+                offset,
+                len,
+                reason: SkipReason::Unchanged,
+            });
+        } else {
+            report.chunks_moved += 1;
+            report.bytes_moved += moved;
+        }
+    }
+    report.chunks_skipped.sort_by_key(|c| c.offset);
     report.elapsed = t0.elapsed();
     Ok(report)
 }
