@@ -149,8 +149,11 @@ pub struct RelocateArgs {
 }
 
 impl RelocateArgs {
-    /// The options, for the whole file.
-    pub fn options(&self) -> budge::RelocateOptions {
+    /// The options, for the whole file, reporting to `progress`.
+    pub fn options<'a>(
+        &self,
+        progress: Option<budge::copy::Progress<'a>>,
+    ) -> budge::RelocateOptions<'a> {
         budge::RelocateOptions {
             range: None,
             threshold: self.threshold,
@@ -158,6 +161,7 @@ impl RelocateArgs {
             strategy: self.strategy,
             unshare: self.unshare,
             dry_run: self.dry_run,
+            progress,
         }
     }
 }
@@ -341,12 +345,15 @@ fn run(cmd: Cmd) -> CliResult {
             range,
             relocate,
         } => {
+            let progress = Progress::new("defrag");
+            let cb = progress.callback();
             let opts = budge::RelocateOptions {
                 range: range.map(|v| (v[0], v[1])),
-                ..relocate.options()
+                ..relocate.options(Some(&cb))
             };
-            let r = budge::relocate_path(&file, &opts)?;
-            output::print_relocate(&file, &r, relocate.json)?;
+            let r = budge::relocate_path(&file, &opts);
+            progress.finish();
+            output::print_relocate(&file, &r?, relocate.json)?;
         }
         Cmd::Bench(args) => bench::run(&args)?,
         Cmd::DefragBench(args) => bench::defrag::run(&args)?,

@@ -436,7 +436,11 @@ pub fn run(cmd: StoreCmd) -> CliResult {
         StoreCmd::Compact { file, relocate } => {
             let mut s = Store::open(&file, &StoreOptions::default())?;
             print_recovery(&s);
-            let done = s.compact(&relocate.options())?;
+            let progress = crate::output::Progress::new("compact");
+            let cb = progress.callback();
+            let done = s.compact(&relocate.options(Some(&cb)));
+            progress.finish();
+            let done = done?;
             crate::output::print_compact(&file, &done, relocate.json)?;
         }
         StoreCmd::Bench(args) => bench::store::run(&args)?,

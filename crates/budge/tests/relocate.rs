@@ -25,7 +25,7 @@ fn has_extents(fs: &TestFs) -> bool {
     fs.kind != "tmpfs"
 }
 
-fn opts(chunk: u64) -> RelocateOptions {
+fn opts(chunk: u64) -> RelocateOptions<'static> {
     RelocateOptions {
         chunk,
         ..RelocateOptions::default()
@@ -155,6 +155,34 @@ fs_test!(each_strategy_forced, |fs| {
         "{e}"
     );
     assert!(read_all(&f) == d);
+});
+
+fs_test!(progress_is_reported_to_the_end, |fs| {
+    for s in inplace(fs) {
+        let (f, d) = fragmented(fs, &format!("p-{s}"), 8 << 20, 6);
+        let calls = std::sync::Mutex::new(Vec::<(u64, u64)>::new());
+        let cb = |done: u64, total: u64| calls.lock().unwrap().push((done, total));
+        let o = RelocateOptions {
+            strategy: Some(s),
+            progress: Some(&cb),
+            ..opts(1 << 20)
+        };
+        let r = relocate(&f, &o).unwrap();
+        assert!(read_all(&f) == d, "{s}");
+        let calls = calls.into_inner().unwrap();
+        // One call per chunk (the whole-file swap: per 8 MiB written) and
+        // one at the end, which says everything is done.
+        assert!(calls.len() >= 2, "{s}: {calls:?}");
+        let &(last_done, last_total) = calls.last().unwrap();
+        assert!(last_total > 0 && last_done == last_total, "{s}: {calls:?}");
+        for w in calls.windows(2) {
+            if w[0].1 == w[1].1 {
+                assert!(w[0].0 <= w[1].0, "{s}: goes backwards: {calls:?}");
+            }
+        }
+        assert!(calls.iter().all(|&(d, t)| d <= t), "{s}: {calls:?}");
+        eprintln!("{} {s}: {} progress calls, {r:?}", fs.kind, calls.len());
+    }
 });
 
 fs_test!(dry_run_changes_nothing, |fs| {

@@ -38,6 +38,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::copy::Progress;
 use crate::error::{Error, ErrorKind, Result};
 use crate::extents::{clip, extents_in, flags, pieces, Extent};
 use crate::range::{align_down, align_up, fmt_size};
@@ -121,8 +122,8 @@ pub const DEFAULT_THRESHOLD: u64 = 1 << 20;
 pub const DEFAULT_CHUNK: u64 = 16 << 20;
 
 /// Options for [`relocate`] and [`relocate_path`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RelocateOptions {
+#[derive(Clone, Copy)]
+pub struct RelocateOptions<'a> {
     /// `(offset, len)` to relocate; the whole file when `None`. Rounded out
     /// to whole blocks and clipped to EOF.
     pub range: Option<(u64, u64)>,
@@ -136,9 +137,13 @@ pub struct RelocateOptions {
     pub unshare: bool,
     /// Report what would be done, change nothing.
     pub dry_run: bool,
+    /// Called with (bytes done, bytes to do) as the fragmented chunks are
+    /// worked through (each chunk once, moved or skipped; for the whole-file
+    /// swap, as the donor is filled), and once more at the end.
+    pub progress: Option<Progress<'a>>,
 }
 
-impl Default for RelocateOptions {
+impl Default for RelocateOptions<'_> {
     fn default() -> Self {
         RelocateOptions {
             range: None,
@@ -147,7 +152,22 @@ impl Default for RelocateOptions {
             strategy: None,
             unshare: false,
             dry_run: false,
+            progress: None,
         }
+    }
+}
+
+impl std::fmt::Debug for RelocateOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelocateOptions")
+            .field("range", &self.range)
+            .field("threshold", &self.threshold)
+            .field("chunk", &self.chunk)
+            .field("strategy", &self.strategy)
+            .field("unshare", &self.unshare)
+            .field("dry_run", &self.dry_run)
+            .field("progress", &self.progress.is_some())
+            .finish()
     }
 }
 
@@ -245,7 +265,7 @@ pub struct RelocateReport {
 /// strategy cannot run (or none can: use [`relocate_path`] for the copy
 /// fallback), `Io` for unexpected kernel errors. Chunks not moved for an
 /// expected reason (concurrent write, no space) are reported, not errors.
-pub fn relocate(file: &File, opts: &RelocateOptions) -> Result<RelocateReport> {
+pub fn relocate(file: &File, opts: &RelocateOptions<'_>) -> Result<RelocateReport> {
     relocate_inner(file, None, opts)
 }
 
@@ -257,7 +277,7 @@ pub fn relocate(file: &File, opts: &RelocateOptions) -> Result<RelocateReport> {
 /// # Errors
 /// As for [`relocate`], plus `NotFound` for a missing path and `Conflict`
 /// when the file changed during the copy (the original is then kept).
-pub fn relocate_path(path: &Path, opts: &RelocateOptions) -> Result<RelocateReport> {
+pub fn relocate_path(path: &Path, opts: &RelocateOptions<'_>) -> Result<RelocateReport> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -302,7 +322,7 @@ fn plan(
     start: u64,
     end: u64,
     chunk: u64,
-    opts: &RelocateOptions,
+    opts: &RelocateOptions<'_>,
     shared_elsewhere: &dyn Fn(&Extent) -> bool,
 ) -> Vec<Chunk> {
     let mut out = Vec::new();
@@ -456,6 +476,7 @@ struct Ctx<'a> {
     /// it: one allocation for a whole run of fragmented chunks, so the
     /// chunks land next to each other on disk.
     donor: std::cell::RefCell<Option<Donor>>,
+    progress: Option<Progress<'a>>,
 }
 
 struct Donor {
@@ -682,7 +703,13 @@ impl Ctx<'_> {
         // (where the filesystem refuses it, buffered writes do the same job).
         let direct = sys::set_direct(&d, true).is_ok();
         let data = runs(&ext, |e| e.flags & flags::UNWRITTEN == 0);
-        let grew = match copy_ranges(self.file, &d, &data, self.bs, direct, self.size) {
+        let copy = Copy {
+            bs: self.bs,
+            direct,
+            size: self.size,
+            progress: self.progress,
+        };
+        let grew = match copy_ranges(self.file, &d, &data, &copy) {
             Ok(grew) => grew,
             Err(CopyError::Read(e)) => return Err(Error::os(self.op.clone(), "pread", e)),
             Err(CopyError::Write(e)) if crate::error::kind_of(&e) == ErrorKind::NoSpace => {
@@ -768,19 +795,34 @@ enum CopyError {
     Write(std::io::Error),
 }
 
+/// How [`copy_ranges`] writes.
+struct Copy<'a> {
+    /// Block size: direct writes are rounded up to whole blocks.
+    bs: u64,
+    /// The destination is open with `O_DIRECT`.
+    direct: bool,
+    /// The source's size.
+    size: u64,
+    /// Called with (bytes written, bytes to write) after each write.
+    progress: Option<Progress<'a>>,
+}
+
 /// Copies `ranges` of `src` into `dst` at the same offsets through user
 /// space, reading the next 8 MiB on a second thread while the last is
-/// written. Buffers are page-aligned for direct I/O; with `direct`, each
-/// write is rounded up to whole `bs` blocks (zeros past EOF). True when
-/// `dst` grew past `size` that way.
+/// written. Buffers are page-aligned for direct I/O; with `how.direct`,
+/// each write is rounded up to whole blocks (zeros past EOF). True when
+/// `dst` grew past `how.size` that way.
 fn copy_ranges(
     src: &File,
     dst: &File,
     ranges: &[(u64, u64)],
-    bs: u64,
-    direct: bool,
-    size: u64,
+    how: &Copy<'_>,
 ) -> std::result::Result<bool, CopyError> {
+    let Copy {
+        bs, direct, size, ..
+    } = *how;
+    let total: u64 = ranges.iter().map(|(a, b)| b - a).sum();
+    let mut done = 0;
     use std::sync::mpsc::{channel, sync_channel};
     const BUF: usize = 8 << 20;
     const ALIGN: usize = 4096;
@@ -829,6 +871,10 @@ fn copy_ranges(
                 break;
             }
             grew |= at + n as u64 > size;
+            done += n as u64;
+            if let Some(p) = how.progress {
+                p(done.min(total), total);
+            }
             let _ = empty_tx.send(raw);
         }
         drop(empty_tx);
@@ -860,7 +906,7 @@ fn read_full(file: &File, buf: &mut [u8], at: u64) -> std::io::Result<usize> {
 fn relocate_inner(
     file: &File,
     path: Option<&Path>,
-    opts: &RelocateOptions,
+    opts: &RelocateOptions<'_>,
 ) -> Result<RelocateReport> {
     let t0 = Instant::now();
     let op = "relocate".to_string();
@@ -982,7 +1028,14 @@ fn relocate_inner(
         size: info.size,
         op: op.clone(),
         donor: std::cell::RefCell::new(None),
+        progress: opts.progress,
     };
+    let to_do: u64 = chunks
+        .iter()
+        .filter(|c| c.skip.is_none())
+        .map(|c| c.len)
+        .sum();
+    let mut done = 0;
     let mut tried_any = false;
     // Chunks moved whose effect is measured after the run.
     let mut pending: Vec<(u64, u64)> = Vec::new();
@@ -1052,6 +1105,10 @@ fn relocate_inner(
                 ci += 1;
                 continue;
             }
+            if let Some(p) = opts.progress {
+                p(done, to_do);
+            }
+            done += c.len;
             // btrfs-defrag's chunks are measured once, after the run: a
             // FIEMAP (which syncs) around each would wait for each chunk's
             // writeback before starting the next.
@@ -1128,6 +1185,9 @@ fn relocate_inner(
     // Dropping the last donor frees the old blocks and its share of the new
     // ones, so FIEMAP can report the file's extents merged.
     drop(ctx);
+    if let Some(p) = opts.progress {
+        p(to_do, to_do);
+    }
     if report.chunks_moved > 0 {
         sys::fdatasync(file).map_err(|e| Error::os(op.clone(), "fdatasync", e))?;
     }
@@ -1162,7 +1222,7 @@ fn copy_rename(
     file: &File,
     path: &Path,
     caps: &Capabilities,
-    opts: &RelocateOptions,
+    opts: &RelocateOptions<'_>,
     mut report: RelocateReport,
     t0: Instant,
     before: &[Extent],

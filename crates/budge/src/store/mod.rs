@@ -732,7 +732,7 @@ impl Store {
             }
             let o = crate::relocate::RelocateOptions {
                 range: Some((r.offset, r.len)),
-                ..opts.clone()
+                ..*opts
             };
             let report =
                 crate::relocate::relocate(&self.file, &o).map_err(|e| e.with_path(&self.path))?;
