@@ -299,8 +299,8 @@ fn fill(
     };
     for attempt in 1..=COPY_ATTEMPTS {
         let (before, _) = meta::identity(src).map_err(|e| os(op, path, "fstat", e))?;
-        let r =
-            clone_or_copy(src, dst, &copy_opts).map_err(|e| private_copy_failed(e, op, path))?;
+        let r = clone_or_copy(src, dst, before.size, &copy_opts)
+            .map_err(|e| private_copy_failed(e, op, path))?;
         let (after, _) = meta::identity(src).map_err(|e| os(op, path, "fstat", e))?;
         report.attempts = attempt;
         report.strategy = if before.size == 0 {
@@ -330,21 +330,32 @@ fn fill(
         )))
 }
 
-/// FICLONE tried directly (no capability probe: a probe costs ~100 ms and
-/// fsyncs on its first use in a process), then the sparse copy.
+/// FICLONE tried directly, then the sparse copy. No capability probe (a
+/// probe costs ~100 ms and fsyncs on its first use in a process), and none
+/// of the copy layer's descriptor checks (four syscalls): `src` was just
+/// opened for reading and checked regular, and `dst` is the snapshot's own
+/// new file. `size` is `src`'s size, for the report.
 fn clone_or_copy(
     src: &File,
     dst: &File,
+    size: u64,
     opts: &CopyOptions<'_>,
 ) -> Result<crate::copy::CopyReport> {
     if matches!(opts.strategy, None | Some(Strategy::Reflink)) {
-        match crate::copy::clone_file(src, dst) {
-            Ok(r) => return Ok(r),
+        match sys::ficlone(dst, src) {
+            Ok(()) => {
+                return Ok(crate::copy::CopyReport {
+                    strategy: Strategy::Reflink,
+                    bytes_copied: 0,
+                    bytes_cloned: size,
+                    hole_bytes: 0,
+                })
+            }
             Err(e)
                 if opts.strategy == Some(Strategy::Reflink)
                     || opts.policy == Policy::MetadataOnly =>
             {
-                return Err(e
+                return Err(Error::os("clone file", "ioctl(FICLONE)", e)
                     .with_kind(ErrorKind::Unsupported)
                     .with_hint("the filesystem cannot reflink this file here; allow copying"))
             }
@@ -374,8 +385,8 @@ fn open_source(op: &str, path: &Path) -> Result<File> {
         let kind = crate::error::kind_of(&e);
         os(op, path, "open", e).with_kind(kind)
     })?;
-    let info = sys::file_info(&f).map_err(|e| os(op, path, "fstat", e))?;
-    if !info.regular {
+    let st = rustix::fs::fstat(&f).map_err(|e| os(op, path, "fstat", e.into()))?;
+    if !rustix::fs::FileType::from_raw_mode(st.st_mode).is_file() {
         return Err(Error::new(ErrorKind::InvalidArgument, op.to_string())
             .with_path(path)
             .with_hint("not a regular file"));
@@ -741,7 +752,7 @@ impl SnapshotMut {
             strategy: None,
             progress: None,
         };
-        let r = clone_or_copy(&self.file, &content, &copy_opts)
+        let r = clone_or_copy(&self.file, &content, self.len, &copy_opts)
             .map_err(|e| private_copy_failed(e, op, &self.path))?;
         let (id, replaced) = publish(op, &content, &self.path, self.expected())?;
         self.expect = Expect::Version(id);
