@@ -12,14 +12,16 @@
 //!
 //! - [`RelocateStrategy::MoveExt`] (ext4): a preallocated donor file and
 //!   `EXT4_IOC_MOVE_EXT`, which swaps blocks under the page lock.
-//! - [`RelocateStrategy::SwapExt`] (XFS, whole file, first when at least
-//!   half the file's data is in fragmented chunks): the method of
+//! - [`RelocateStrategy::SwapExt`] (XFS with rmapbt, whole file, first when
+//!   at least half the file's data is in fragmented chunks): the method of
 //!   `xfs_fsr`. A donor preallocated over the file's data, filled with
 //!   direct I/O, then `XFS_IOC_SWAPEXT` swaps every extent in one
 //!   transaction, refused by the kernel if the file's times changed since
 //!   the copy began (a concurrent write: nothing is swapped). It gives way
 //!   to `Dedupe` for a range, shared extents, less fragmentation, or too
-//!   little space for a whole-file donor.
+//!   little space for a whole-file donor. Never on an XFS without rmapbt:
+//!   there the kernel swaps the inode forks, and on Linux 6.18 a crash once
+//!   that swap is in the log left the filesystem unmountable.
 //! - [`RelocateStrategy::Dedupe`] (XFS, btrfs): copy the chunk into a
 //!   preallocated donor, then `FIDEDUPERANGE` donor → file, which remaps
 //!   only if the bytes are still equal. A concurrent write makes the chunk
@@ -441,6 +443,10 @@ enum Step {
     Moved,
     Skipped(SkipReason),
 }
+
+/// Why [`RelocateStrategy::SwapExt`] is not used on an XFS without the
+/// reverse-mapping btree.
+const SWAPEXT_NEEDS_RMAPBT: &str = "XFS_IOC_SWAPEXT is used only on an XFS with rmapbt (mkfs.xfs -m rmapbt=1): without it the kernel swaps the inode forks, and on Linux 6.18 a crash after that swap reached the log left the filesystem unmountable (log recovery rejects the donor inode; tests/relocate_crash.rs found it, xfs_fsr does the same)";
 
 /// The outcome of a whole-file strategy ([`RelocateStrategy::SwapExt`]).
 enum Whole {
@@ -1056,6 +1062,8 @@ fn relocate_inner(
             let fragmented: u64 = chunks.iter().map(|c| c.len).sum();
             let outcome = if start != 0 || end != info.size {
                 Whole::NotHere("a whole-file strategy; a range is moved per chunk".into())
+            } else if !sys::xfs_has_rmapbt(file).unwrap_or(false) {
+                Whole::NotHere(SWAPEXT_NEEDS_RMAPBT.into())
             } else if !movable {
                 Whole::Skipped(SkipReason::Unchanged)
             } else if opts.strategy.is_none() && fragmented.saturating_mul(2) < data {

@@ -1,7 +1,8 @@
 //! Typed wrappers for the ioctls rustix does not wrap: FICLONERANGE,
 //! FIDEDUPERANGE, FIEMAP, EXT4_IOC_MOVE_EXT, BTRFS_IOC_DEFRAG_RANGE,
 //! BTRFS_IOC_INO_LOOKUP, BTRFS_IOC_LOGICAL_INO_V2,
-//! XFS_IOC_EXCHANGE_RANGE, XFS_IOC_SWAPEXT and FS_IOC_SHUTDOWN.
+//! XFS_IOC_EXCHANGE_RANGE, XFS_IOC_SWAPEXT, XFS_IOC_FSGEOMETRY_V1 and
+//! FS_IOC_SHUTDOWN.
 //!
 //! Each kernel struct is `#[repr(C)]` with the layout from the kernel's uapi
 //! headers, checked by a size assertion; each call goes through
@@ -672,6 +673,54 @@ pub fn xfs_swapext<T: AsFd, D: AsFd>(
         )
     }
     .map_err(Into::into)
+}
+
+/// `struct xfs_fsop_geom_v1` from `<xfs/xfs_fs.h>`.
+#[repr(C)]
+#[derive(Default)]
+struct XfsFsopGeomV1 {
+    blocksize: u32,
+    rtextsize: u32,
+    agblocks: u32,
+    agcount: u32,
+    logblocks: u32,
+    sectsize: u32,
+    inodesize: u32,
+    imaxpct: u32,
+    datablocks: u64,
+    rtblocks: u64,
+    rtextents: u64,
+    logstart: u64,
+    uuid: [u8; 16],
+    sunit: u32,
+    swidth: u32,
+    version: i32,
+    flags: u32,
+    logsectsize: u32,
+    rtsectsize: u32,
+    dirblocksize: u32,
+}
+const _: () = assert!(std::mem::size_of::<XfsFsopGeomV1>() == 112);
+const XFS_IOC_FSGEOMETRY_V1: Opcode = opcode::read::<XfsFsopGeomV1>(b'X', 100);
+/// `XFS_FSOP_GEOM_FLAGS_RMAPBT`: the reverse-mapping btree.
+const XFS_FSOP_GEOM_FLAGS_RMAPBT: u32 = 1 << 19;
+
+/// Whether the XFS filesystem holding `fd` has the reverse-mapping btree
+/// (`mkfs.xfs -m rmapbt=1`), from `XFS_IOC_FSGEOMETRY_V1`.
+///
+/// # Errors
+/// `ENOTTY` outside XFS.
+#[doc(alias = "XFS_IOC_FSGEOMETRY_V1")]
+pub fn xfs_has_rmapbt<Fd: AsFd>(fd: Fd) -> io::Result<bool> {
+    // SAFETY: XFS_IOC_FSGEOMETRY_V1 fills a `struct xfs_fsop_geom_v1`,
+    // reproduced by `XfsFsopGeomV1` (size asserted, 112 bytes).
+    let g = unsafe {
+        ioctl(
+            fd,
+            rustix::ioctl::Getter::<XFS_IOC_FSGEOMETRY_V1, XfsFsopGeomV1>::new(),
+        )
+    }?;
+    Ok(g.flags & XFS_FSOP_GEOM_FLAGS_RMAPBT != 0)
 }
 
 /// How [`fs_shutdown`] treats the log.

@@ -256,6 +256,39 @@ fn dir_of(file: &File) -> Option<PathBuf> {
     p.parent().map(Path::to_path_buf)
 }
 
+/// The name prefix of the two files the rename-exchange probe makes (the
+/// only named files a probe makes): `.budge-probe-PID-RANDOM-{a,b}`.
+const PROBE_PREFIX: &str = ".budge-probe-";
+
+/// Removes from `dir` the files of rename-exchange probes whose process no
+/// longer exists (killed part-way); every probe does this first. Returns
+/// how many it removed.
+///
+/// # Errors
+/// From reading the directory or removing a file.
+pub fn remove_stale_probe_files(dir: &Path) -> io::Result<usize> {
+    let mut removed = 0;
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(PROBE_PREFIX)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        match std::fs::remove_file(e.path()) {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(removed)
+}
+
 /// Probes `dir`'s filesystem now, bypassing the cache.
 ///
 /// # Errors
@@ -449,7 +482,9 @@ impl Prober<'_> {
     }
 
     fn rename_exchange(&self) -> io::Result<bool> {
-        let stem = format!(".budge-probe-{}-{:x}", std::process::id(), rand_u64());
+        // What earlier probes killed here left behind.
+        let _ = remove_stale_probe_files(self.dir);
+        let stem = format!("{PROBE_PREFIX}{}-{:x}", std::process::id(), rand_u64());
         let a = self.dir.join(format!("{stem}-a"));
         let b = self.dir.join(format!("{stem}-b"));
         let run = || -> io::Result<bool> {
@@ -491,4 +526,37 @@ pub(crate) fn rand_u64() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(std::process::id().into());
     h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_probe_files_of_dead_processes_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let me = std::process::id();
+        let names = [
+            format!("{PROBE_PREFIX}{dead}-1f-a"),
+            format!("{PROBE_PREFIX}{dead}-1f-b"),
+            format!("{PROBE_PREFIX}{me}-2e-a"),
+            format!("{PROBE_PREFIX}x-a"),
+            "data".to_string(),
+        ];
+        for n in &names {
+            std::fs::write(dir.path().join(n), b"x").unwrap();
+        }
+        assert_eq!(remove_stale_probe_files(dir.path()).unwrap(), 2);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        let mut want = names[2..].to_vec();
+        want.sort();
+        assert_eq!(left, want);
+    }
 }

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 pub struct LoopFs {
     pub kind: &'static str,
+    /// Extra `mkfs` arguments it was made with.
+    pub mkfs_extra: &'static [&'static str],
     pub root: PathBuf,
     pub image: PathBuf,
     pub mnt: PathBuf,
@@ -52,6 +54,15 @@ pub fn unavailable(kind: &str) -> Option<String> {
 impl LoopFs {
     /// Creates, formats and mounts a `size`-byte `kind` filesystem.
     pub fn new(kind: &'static str, size: u64) -> Result<LoopFs, String> {
+        LoopFs::new_with(kind, size, &[])
+    }
+
+    /// [`LoopFs::new`] with extra `mkfs` arguments (XFS: `-m rmapbt=1`).
+    pub fn new_with(
+        kind: &'static str,
+        size: u64,
+        mkfs_extra: &'static [&'static str],
+    ) -> Result<LoopFs, String> {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let root = PathBuf::from(format!("/var/tmp/budge-crash-{}", std::process::id()));
@@ -64,6 +75,7 @@ impl LoopFs {
         drop(f);
         let mut fs = LoopFs {
             kind,
+            mkfs_extra,
             root,
             image,
             mnt,
@@ -72,12 +84,15 @@ impl LoopFs {
         };
         let img = fs.image.to_str().unwrap().to_string();
         fs.dev = run("losetup", &["--find", "--show", &img])?;
-        match kind {
-            "xfs" => run("mkfs.xfs", &["-q", "-f", "-m", "reflink=1", &fs.dev])?,
-            "ext4" => run("mkfs.ext4", &["-q", "-F", &fs.dev])?,
-            "btrfs" => run("mkfs.btrfs", &["-q", "-f", &fs.dev])?,
+        let mut args: Vec<&str> = match kind {
+            "xfs" => vec!["-q", "-f", "-m", "reflink=1"],
+            "ext4" => vec!["-q", "-F"],
+            "btrfs" => vec!["-q", "-f"],
             k => return Err(format!("no mkfs for {k}")),
         };
+        args.extend_from_slice(mkfs_extra);
+        args.push(&fs.dev);
+        run(&format!("mkfs.{kind}"), &args)?;
         fs.mount()?;
         Ok(fs)
     }

@@ -1365,6 +1365,15 @@ impl Drop for Hammer {
 /// A private 1 GiB loop filesystem of `kind` for the shutdown test `what`,
 /// or `None` (a loud skip) where none can be made; under CI that fails.
 pub fn loop_fs(kind: &'static str, what: &str) -> Option<loopfs::LoopFs> {
+    loop_fs_with(kind, &[], what)
+}
+
+/// [`loop_fs`] made with extra `mkfs` arguments.
+pub fn loop_fs_with(
+    kind: &'static str,
+    mkfs_extra: &'static [&'static str],
+    what: &str,
+) -> Option<loopfs::LoopFs> {
     if let Some(why) = loopfs::unavailable(kind) {
         if common::in_ci() {
             panic!("{what} on {kind} cannot run under CI: {why}");
@@ -1372,7 +1381,7 @@ pub fn loop_fs(kind: &'static str, what: &str) -> Option<loopfs::LoopFs> {
         eprintln!("SKIPPED {what} on {kind}: {why}");
         return None;
     }
-    match loopfs::LoopFs::new(kind, 1 << 30) {
+    match loopfs::LoopFs::new_with(kind, 1 << 30, mkfs_extra) {
         Ok(fs) => Some(fs),
         Err(e) if common::in_ci() => panic!("loop {kind} filesystem: {e}"),
         Err(e) => {
