@@ -6,7 +6,6 @@
 //! intact.
 
 mod common;
-#[cfg(feature = "failpoints")]
 #[path = "crash/loopfs.rs"]
 #[allow(dead_code)]
 mod loopfs;
