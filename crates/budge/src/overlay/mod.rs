@@ -517,7 +517,7 @@ impl Overlay {
             Err(e) => return Err(os(op, path, "flock", e)),
         }
         let mut head = vec![0u8; 2 * BLOCK as usize];
-        let got = read_up_to(&file, &mut head, 0).map_err(|e| os(op, path, "pread", e))?;
+        let got = sys::read_up_to(&file, &mut head, 0).map_err(|e| os(op, path, "pread", e))?;
         if got < head.len() {
             return Err(err(
                 ErrorKind::Corrupted,
@@ -1127,7 +1127,7 @@ impl Overlay {
             .open(path)
             .map_err(|e| os(op, path, "open", e))?;
         let mut head = vec![0u8; 2 * BLOCK as usize];
-        let got = read_up_to(&file, &mut head, 0).map_err(|e| os(op, path, "pread", e))?;
+        let got = sys::read_up_to(&file, &mut head, 0).map_err(|e| os(op, path, "pread", e))?;
         if got < head.len() || (head[..8] != format::MAGIC && head[4096..4104] != format::MAGIC) {
             return Err(err(
                 ErrorKind::Corrupted,
@@ -1156,18 +1156,4 @@ impl Drop for Overlay {
             let _ = self.flush();
         }
     }
-}
-
-/// `pread` until `buf` is full or EOF; returns the bytes read.
-fn read_up_to(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match file.read_at(&mut buf[got..], offset + got as u64) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == IoKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
 }

@@ -850,7 +850,7 @@ fn copy_ranges(
                     };
                     let skew = raw.as_ptr().align_offset(ALIGN);
                     let want = BUF.min((end - at) as usize);
-                    let got = read_full(src, &mut raw[skew..skew + want], at)?;
+                    let got = sys::read_up_to(src, &mut raw[skew..skew + want], at)?;
                     let n = if direct {
                         align_up(got as u64, bs).unwrap_or(got as u64) as usize
                     } else {
@@ -893,20 +893,6 @@ fn copy_ranges(
             (None, Ok(())) => Ok(grew),
         }
     })
-}
-
-/// Reads into `buf` from `at` until it is full or EOF; the bytes read.
-fn read_full(file: &File, buf: &mut [u8], at: u64) -> std::io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match file.read_at(&mut buf[got..], at + got as u64) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
 }
 
 fn relocate_inner(

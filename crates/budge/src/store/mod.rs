@@ -1867,7 +1867,7 @@ fn read_header(file: &File, path: &Path, op: &str) -> Result<(Header, usize, Opt
     let mut magic = false;
     for (i, &off) in format::SLOT_OFFSET.iter().enumerate() {
         let mut b = vec![0u8; format::SLOT_SIZE as usize];
-        let n = read_up_to(file, &mut b, off).map_err(|e| os(op, path, "pread", e))?;
+        let n = sys::read_up_to(file, &mut b, off).map_err(|e| os(op, path, "pread", e))?;
         b.truncate(n);
         magic |= format::has_magic(&b);
         match format::decode(&b) {
@@ -1936,19 +1936,6 @@ fn read_header(file: &File, path: &Path, op: &str) -> Result<(Header, usize, Opt
     }
 }
 
-fn read_up_to(file: &File, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match file.read_at(&mut buf[n..], off + n as u64) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == IoKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
 /// What [`check`] found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CheckReport {
@@ -1989,7 +1976,7 @@ pub fn check(path: impl AsRef<Path>) -> Result<CheckReport> {
     let mut rep = CheckReport::default();
     for (i, &off) in format::SLOT_OFFSET.iter().enumerate() {
         let mut b = vec![0u8; format::SLOT_SIZE as usize];
-        let n = read_up_to(&file, &mut b, off).map_err(|e| os(op, path, "pread", e))?;
+        let n = sys::read_up_to(&file, &mut b, off).map_err(|e| os(op, path, "pread", e))?;
         b.truncate(n);
         rep.slots.push(match format::decode(&b) {
             Ok(h) => match h.intent.filter(|it| it.method == Method::Native) {

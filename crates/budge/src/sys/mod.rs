@@ -247,6 +247,24 @@ pub fn write_back<Fd: AsFd>(fd: Fd) -> io::Result<()> {
     }
 }
 
+/// `pread` until `buf` is full or EOF (retrying `EINTR`); the bytes read.
+///
+/// # Errors
+/// From `pread`.
+pub fn read_up_to(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read_at(&mut buf[got..], offset + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
 /// The page size (from the aux vector; no system call).
 pub fn page_size() -> u64 {
     rustix::param::page_size() as u64
