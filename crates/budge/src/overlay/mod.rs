@@ -163,6 +163,16 @@ pub(crate) fn os(op: &str, path: &Path, call: &'static str, e: std::io::Error) -
     Error::os(op.to_string(), call, e).with_path(path)
 }
 
+/// Takes the `flock` (`exclusive` or shared) on `file` without waiting;
+/// when another holder has it, a `Locked` error saying `what` (and who).
+fn lock_or_explain(op: &str, path: &Path, file: &File, exclusive: bool, what: &str) -> Result<()> {
+    match sys::try_lock(file, exclusive) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == IoKind::WouldBlock => Err(locked(op, path, file, what)),
+        Err(e) => Err(os(op, path, "flock", e)),
+    }
+}
+
 fn locked(op: &str, path: &Path, file: &File, what: &str) -> Error {
     let holder = file
         .metadata()
@@ -233,18 +243,13 @@ impl Lower {
                 depth + 1,
             )?)));
         }
-        match sys::try_lock(&file, false) {
-            Ok(()) => {}
-            Err(e) if e.kind() == IoKind::WouldBlock => {
-                return Err(locked(
-                    op,
-                    path,
-                    &file,
-                    "the base is locked for writing (a commit into it is in progress)",
-                ))
-            }
-            Err(e) => return Err(os(op, path, "flock", e)),
-        }
+        lock_or_explain(
+            op,
+            path,
+            &file,
+            false,
+            "the base is locked for writing (a commit into it is in progress)",
+        )?;
         Ok(Lower::File {
             path: path.to_path_buf(),
             file,
@@ -435,18 +440,13 @@ impl Overlay {
         publish::publish(op, &tmp, path, expect)?;
         // The writer's lock. Another process could only have locked the new
         // overlay in the instant since the rename.
-        match sys::try_lock(&tmp, true) {
-            Ok(()) => {}
-            Err(e) if e.kind() == IoKind::WouldBlock => {
-                return Err(locked(
-                    op,
-                    path,
-                    &tmp,
-                    "another process opened the new overlay",
-                ))
-            }
-            Err(e) => return Err(os(op, path, "flock", e)),
-        }
+        lock_or_explain(
+            op,
+            path,
+            &tmp,
+            true,
+            "another process opened the new overlay",
+        )?;
         let mut map = map;
         map.mark_clean(0);
         map.mark_clean(1);
@@ -504,18 +504,12 @@ impl Overlay {
             .write(writable)
             .open(path)
             .map_err(|e| os(op, path, "open", e))?;
-        match sys::try_lock(&file, writable) {
-            Ok(()) => {}
-            Err(e) if e.kind() == IoKind::WouldBlock => {
-                let what = if writable {
-                    "another process has the overlay open (or stacked an overlay on it)"
-                } else {
-                    "another process has the overlay open for writing"
-                };
-                return Err(locked(op, path, &file, what));
-            }
-            Err(e) => return Err(os(op, path, "flock", e)),
-        }
+        let what = if writable {
+            "another process has the overlay open (or stacked an overlay on it)"
+        } else {
+            "another process has the overlay open for writing"
+        };
+        lock_or_explain(op, path, &file, writable, what)?;
         let mut head = vec![0u8; 2 * BLOCK as usize];
         let got = sys::read_up_to(&file, &mut head, 0).map_err(|e| os(op, path, "pread", e))?;
         if got < head.len() {
@@ -1136,13 +1130,7 @@ impl Overlay {
                 "not a budge overlay (no superblock magic); refusing to delete it",
             ));
         }
-        match sys::try_lock(&file, true) {
-            Ok(()) => {}
-            Err(e) if e.kind() == IoKind::WouldBlock => {
-                return Err(locked(op, path, &file, "the overlay is open"))
-            }
-            Err(e) => return Err(os(op, path, "flock", e)),
-        }
+        lock_or_explain(op, path, &file, true, "the overlay is open")?;
         std::fs::remove_file(path).map_err(|e| os(op, path, "unlink", e))?;
         let dir = publish::dir_of(path);
         let d = File::open(&dir).map_err(|e| os(op, &dir, "open directory", e))?;
