@@ -126,6 +126,12 @@ fn build(fs: &TestFs) -> Pristine {
     }
 }
 
+/// The commit record attribute of `path`, if any.
+fn record_of(path: &Path) -> Option<Vec<u8>> {
+    let f = std::fs::File::open(path).unwrap();
+    budge::sys::meta::xattr_get_opt(&f, format::RECORD_XATTR).unwrap()
+}
+
 fn put_file(fs: &TestFs, case: &str, bytes: &[u8]) -> PathBuf {
     let path = fs.path(&case.replace([' ', '/', '"'], "_"));
     std::fs::write(&path, bytes).unwrap();
@@ -787,7 +793,9 @@ fs_test!(torn_journal_falls_back_to_the_older_slot, |fs: &TestFs| {
 
 /// A store whose last structural change was native keeps that change's
 /// intent (and journal) in its newest slot until the next change.
-fn native_store(fs: &TestFs, name: &str) -> Option<(PathBuf, StoreOptions, Vec<u8>)> {
+/// A store left with a native change pending, committed by a header slot
+/// or (`record`) by the commit record attribute.
+fn native_store(fs: &TestFs, name: &str, record: bool) -> Option<(PathBuf, StoreOptions, Vec<u8>)> {
     let c = fs.caps();
     if !(c.insert_range.works && c.collapse_range.works) {
         return None;
@@ -795,6 +803,7 @@ fn native_store(fs: &TestFs, name: &str) -> Option<(PathBuf, StoreOptions, Vec<u
     let path = fs.path(name);
     let o = StoreOptions {
         strategy: Some(Strategy::Native),
+        commit_record: record,
         ..opts()
     };
     let mut s = Store::create(&path, &o).unwrap();
@@ -808,12 +817,22 @@ fn native_store(fs: &TestFs, name: &str) -> Option<(PathBuf, StoreOptions, Vec<u
     let d = data(64 << 10, 5);
     s.bytes_mut("c").unwrap().copy_from_slice(&d);
     s.commit().unwrap();
-    s.resize("a", 4 * 4096).unwrap();
+    let r = s.resize("a", 4 * 4096).unwrap();
+    assert_eq!(r.shift.unwrap().record, record, "{}", fs.kind);
     s.abandon(); // as a crash would: the intent stays
     let full = std::fs::read(&path).unwrap();
     let h = [0, 1].map(|i| format::decode(slot(&full, i)).ok());
     let newest = h.iter().flatten().max_by_key(|h| h.generation).unwrap();
-    assert!(newest.intent.is_some(), "the last change keeps its intent");
+    let rec = record_of(&path);
+    if record {
+        let rec = format::decode_record(&rec.unwrap()).unwrap();
+        assert!(
+            rec.generation > newest.generation,
+            "the record is the newest table"
+        );
+    } else {
+        assert!(newest.intent.is_some(), "the last change keeps its intent");
+    }
     Some((path, o, full))
 }
 
@@ -824,15 +843,18 @@ fs_test!(
     truncated_after_native_change_is_not_repaired,
     |fs: &TestFs| {
         let mut bad = Vec::new();
-        for cut in [4096u64, 100, 64 << 10] {
-            let Some((path, o, full)) = native_store(fs, &format!("cut-{cut}")) else {
+        for (cut, record) in [4096u64, 100, 64 << 10]
+            .into_iter()
+            .flat_map(|c| [(c, false), (c, true)])
+        {
+            let Some((path, o, full)) = native_store(fs, &format!("cut-{cut}"), record) else {
                 return;
             };
             let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
             f.set_len(full.len() as u64 - cut).unwrap();
             drop(f);
             let b = std::fs::read(&path).unwrap();
-            let what = format!("{} native intent, cut {cut}", fs.kind);
+            let what = format!("{} native intent (record {record}), cut {cut}", fs.kind);
             let rep = check(&path).unwrap();
             let r = Store::open(&path, &o);
             let now = std::fs::read(&path).unwrap();
@@ -873,12 +895,41 @@ fs_test!(
 // native change pending cannot tell a complete shift from a partial one and
 // is refused, unchanged, with the reason (recover the original first).
 fs_test!(copy_of_store_after_native_change_opens, |fs: &TestFs| {
-    let Some((path, o, full)) = native_store(fs, "orig") else {
+    for record in [false, true] {
+        copy_of_store_after_native_change(fs, record);
+    }
+});
+
+fn copy_of_store_after_native_change(fs: &TestFs, record: bool) {
+    let Some((path, o, full)) = native_store(fs, "orig", record) else {
         return;
     };
-    let what = format!("{} copied store", fs.kind);
+    let what = format!("{} copied store (record {record})", fs.kind);
     let copy = put_file(fs, "copy", &full);
+    // A copy that keeps extended attributes (cp -a): it has the record.
+    if let Some(v) = record_of(&path) {
+        let f = std::fs::File::open(&copy).unwrap();
+        budge::sys::meta::xattr_set(&f, &format::RECORD_XATTR.into(), &v).unwrap();
+    }
     let rep = check(&copy).unwrap();
+    if record {
+        // The resize returned, so its record says the shift is durable and
+        // holds no device addresses: the copy opens with the new table.
+        let want = Store::open_read_only(&path, &o).unwrap().regions();
+        let s = Store::open(&copy, &o).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let strip = |v: Vec<budge::store::Region>| {
+            v.into_iter()
+                .map(|r| (r.name, r.offset, r.len, r.capacity))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(strip(s.regions()), strip(want), "{what}");
+        assert!(rep.problems.is_empty(), "{what}: {rep:?}");
+        drop(s);
+        for p in [copy, path] {
+            std::fs::remove_file(p).unwrap();
+        }
+        return;
+    }
     let e = Store::open(&copy, &o).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Corrupted, "{what}: {e}");
     assert!(e.to_string().contains("copied"), "{what}: says why: {e}");
@@ -900,13 +951,19 @@ fs_test!(copy_of_store_after_native_change_opens, |fs: &TestFs| {
         s.recovery()
     );
     assert!(check(&copy2).unwrap().problems.is_empty());
-});
+    for p in [copy, copy2, path] {
+        std::fs::remove_file(p).unwrap();
+    }
+}
 
 // Whatever open refuses, check reports as a problem (not as a note that
 // "opening read-write completes it").
 fs_test!(check_sees_what_open_refuses, |fs: &TestFs| {
-    for case in ["copy", "cut 100", "cut 64 KiB"] {
-        let Some((path, o, full)) = native_store(fs, "orig") else {
+    for (case, record) in ["copy", "cut 100", "cut 64 KiB"]
+        .into_iter()
+        .flat_map(|c| [(c, false), (c, true)])
+    {
+        let Some((path, o, full)) = native_store(fs, "orig", record) else {
             return;
         };
         let target = match case {

@@ -416,6 +416,15 @@ pub(crate) fn private_copy(
     let (file, backing, note) = private_file(op, path, dir, opts.in_memory, memory_ok)?;
     let mut report = SnapReport::empty(backing, note);
     let id = fill(op, path, src, &file, opts, &mut report)?;
+    // A budge store's commit record belongs to its table: the copy carries
+    // it (one `fgetxattr` for any other file).
+    if let Ok(Some(v)) = sys::meta::xattr_get_opt(src, crate::store::format::RECORD_XATTR) {
+        let _ = sys::meta::xattr_set(
+            &file,
+            &std::ffi::OsString::from(crate::store::format::RECORD_XATTR),
+            &v,
+        );
+    }
     report.elapsed = start.elapsed();
     Ok((file, id, report))
 }

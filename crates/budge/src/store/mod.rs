@@ -74,6 +74,13 @@ pub struct StoreOptions {
     /// Wait for read-only openers to close before a structural change
     /// instead of failing with `Locked`.
     pub wait_for_readers: bool,
+    /// Commit native resizes with the small commit record (an extended
+    /// attribute that the filesystem journals in order with the shift): one
+    /// `fdatasync` per resize instead of two. On by default; off, or where
+    /// the record does not apply (adds, removes, more than four regions
+    /// changed since the last header write, no extended attributes), the
+    /// intent goes into a header slot first. See `docs/design.md`.
+    pub commit_record: bool,
 }
 
 impl Default for StoreOptions {
@@ -86,6 +93,7 @@ impl Default for StoreOptions {
             reserve: 1 << 40,
             advice: Advice::Normal,
             wait_for_readers: false,
+            commit_record: true,
         }
     }
 }
@@ -127,6 +135,9 @@ pub struct ShiftInfo {
     /// Whether the mapping had to move to a larger reservation (every
     /// address changed).
     pub remapped: bool,
+    /// Whether the change was committed by the commit record (one
+    /// `fdatasync`) rather than a header slot written before the shift (two).
+    pub record: bool,
 }
 
 /// What [`Store::resize`] (and add/remove) did.
@@ -179,6 +190,11 @@ pub struct Store {
     abandoned: bool,
     /// How the private copy was made, for a [`Store::open_snapshot`].
     snapshot: Option<crate::snap::SnapReport>,
+    /// When `header` comes from the commit record: the table of its base
+    /// slot (`slot`), which the record's changes are relative to.
+    record_base: Option<Header>,
+    /// Whether the file has a commit record attribute (current or stale).
+    record_on_file: bool,
 }
 
 fn sidecar_path(path: &Path) -> PathBuf {
@@ -368,10 +384,16 @@ impl Store {
         // the copy is made.
         sys::lock::ofd_lock(&file, 0, 1, LockKind::Shared, true)
             .map_err(|e| os(op, path, "fcntl(F_OFD_SETLKW)", e))?;
-        let (header, slot, _) = read_header(&file, path, op)?;
-        if let Some(intent) = header.intent {
+        let found = read_header(&file, path, op)?;
+        if let Some(intent) = found.header.intent {
             let done = intent.method == Method::Native
-                && native_progress_done(&file, path, &intent, slot)?;
+                && native_progress_done(
+                    &file,
+                    path,
+                    &intent,
+                    found.slot,
+                    found.record_base.is_some(),
+                )?;
             if !done {
                 return Err(err(
                     ErrorKind::NeedsRecovery,
@@ -393,7 +415,8 @@ impl Store {
         let (private, _, report) =
             crate::snap::private_copy(op, path, &file, &dir, &snap_opts, true)?;
         drop(file);
-        Store::from_file(path, private, opts, false, Some(report))
+        // The copy has no commit record: it gets the table read here.
+        Store::from_file(path, private, opts, false, Some((report, found)))
     }
 
     /// How the private copy was made, for a store opened with
@@ -407,7 +430,7 @@ impl Store {
         file: File,
         opts: &StoreOptions,
         writable: bool,
-        snapshot: Option<crate::snap::SnapReport>,
+        snapshot: Option<(crate::snap::SnapReport, Found)>,
     ) -> Result<Store> {
         let op = if snapshot.is_some() {
             "open store snapshot"
@@ -418,7 +441,17 @@ impl Store {
         };
         let info = sys::file_info(&file).map_err(|e| os(op, path, "fstat", e))?;
         let caps = sys::probe::probe_file(&file).map_err(|e| e.with_path(path))?;
-        let (header, slot, other) = read_header(&file, path, op)?;
+        let (snapshot, found) = match snapshot {
+            Some((report, found)) => (Some(report), found),
+            None => (None, read_header(&file, path, op)?),
+        };
+        let Found {
+            header,
+            slot,
+            other,
+            record_base,
+            record_on_file,
+        } = found;
         let reserve = usize::try_from(opts.reserve.max(2 * info.size).next_multiple_of(1 << 30))
             .map_err(|_| {
                 err(
@@ -443,9 +476,11 @@ impl Store {
             // Until the open succeeds, dropping must not write anything.
             abandoned: true,
             snapshot,
+            record_base,
+            record_on_file: record_on_file && writable,
         };
         s.recover(other)?;
-        s.clean_intent("open store")?;
+        s.clean_intent("open store", true)?;
         s.remap()?;
         s.abandoned = false;
         Ok(s)
@@ -688,7 +723,7 @@ impl Store {
         self.writable_check("commit")?;
         let r = sys::fdatasync(&self.file).map_err(|e| os("commit", &self.path, "fdatasync", e));
         self.poison(r)?;
-        self.clean_intent("commit")
+        self.clean_intent("commit", false)
     }
 
     /// Relocates the fragmented parts of every region into as few extents as
@@ -755,15 +790,23 @@ impl Store {
     /// header no longer refers to device addresses (a byte copy or a
     /// defragmented file then opens without its journal). The shift must
     /// be durable before the clean slot can be: sync, write, sync.
-    fn clean_intent(&mut self, op: &str) -> Result<()> {
-        if self.header.intent.is_none() || !self.writable || self.poisoned.is_some() {
+    fn clean_intent(&mut self, op: &str, fold_record: bool) -> Result<()> {
+        if !self.writable || self.poisoned.is_some() {
             return Ok(());
         }
-        let r = sys::fdatasync(&self.file).map_err(|e| os(op, &self.path, "fdatasync", e));
-        self.poison(r)?;
-        let mut clean = self.header.clone();
-        clean.intent = None;
-        self.publish(op, clean, None)
+        if self.header.intent.is_some() || (fold_record && self.record_base.is_some()) {
+            let r = sys::fdatasync(&self.file).map_err(|e| os(op, &self.path, "fdatasync", e));
+            self.poison(r)?;
+            let mut clean = self.header.clone();
+            clean.intent = None;
+            self.publish(op, clean, None)?;
+        }
+        // A slot newer than the record is durable: the record is stale.
+        if self.record_on_file && self.record_base.is_none() {
+            let _ = sys::meta::xattr_remove(&self.file, format::RECORD_XATTR);
+            self.record_on_file = false;
+        }
+        Ok(())
     }
 
     /// Adds a region of `len` zero bytes at the end, typed with `elem_size`
@@ -1048,6 +1091,7 @@ impl Store {
         self.poison(r)?;
         self.slot = target;
         self.header = next;
+        self.record_base = None;
         Ok(())
     }
 
@@ -1178,13 +1222,21 @@ impl Store {
                     IntentKind::Collapse => offset + len,
                 };
                 let journal = journal_of(&self.file, &self.path, op, tail, old_size)?;
-                let (jb, crc) = format::encode_journal(&journal);
-                intent.journal_count = journal.len() as u32;
-                intent.journal_crc = crc;
-                let mut with_intent = next.clone();
-                with_intent.intent = Some(intent);
                 let prev = self.header.clone();
-                self.publish(op, with_intent, Some(&jb))?;
+                // The commit record, where it applies: set before the shift,
+                // in the filesystem journal with it, synced once after.
+                let record = self.set_record(&next, intent, &journal);
+                let mut with_intent = next.clone();
+                if let Some(r) = &record {
+                    with_intent.intent = r.intent;
+                    with_intent.generation = r.generation;
+                } else {
+                    let (jb, crc) = format::encode_journal(&journal);
+                    intent.journal_count = journal.len() as u32;
+                    intent.journal_crc = crc;
+                    with_intent.intent = Some(intent);
+                    self.publish(op, with_intent.clone(), Some(&jb))?;
+                }
                 fail::fail_point!("budge::store::after-intent");
                 let opts = ShiftOptions {
                     policy: Policy::MetadataOnly,
@@ -1205,9 +1257,13 @@ impl Store {
                             && file_size(&self.file) == Some(old_size) =>
                     {
                         // The kernel refused before changing anything
-                        // (ENOSPC, say): publish the old table again.
+                        // (ENOSPC, say): publish the old table again, with
+                        // a generation above the record's, if one was set.
                         let mut back = prev;
                         back.intent = None;
+                        if let Some(r) = &record {
+                            self.header.generation = r.generation;
+                        }
                         self.publish(op, back, None)?;
                         return Err(e.with_path(&self.path));
                     }
@@ -1220,7 +1276,31 @@ impl Store {
                 };
                 fail::fail_point!("budge::store::after-shift");
                 let r = sys::fdatasync(&self.file).map_err(|e| os(op, &self.path, "fdatasync", e));
+                // On failure, whatever of the record and the shift reached
+                // the disk, the next open completes from it.
                 self.poison(r)?;
+                if let Some(mut r) = record.clone() {
+                    // The shift is durable: mark the record done, so later
+                    // writes (which change the tail's extents) never make
+                    // recovery rebuild the journal. The filesystem journal
+                    // orders this before any later extent change.
+                    r.intent = None;
+                    with_intent.intent = None;
+                    let done = sys::meta::xattr_set(
+                        &self.file,
+                        &std::ffi::OsString::from(format::RECORD_XATTR),
+                        &format::encode_record(&r),
+                    );
+                    self.header = with_intent;
+                    // The base slot stays as it was; `prev` is its table
+                    // unless an earlier record already set it.
+                    self.record_base.get_or_insert(prev);
+                    if done.is_err() {
+                        // Put the table into a slot instead (synced).
+                        let clean = self.header.clone();
+                        self.publish(op, clean, None)?;
+                    }
+                }
                 Ok(ShiftInfo {
                     kind,
                     offset,
@@ -1230,10 +1310,48 @@ impl Store {
                     tail_reread: report.tail_reread,
                     extents: journal.len(),
                     remapped: false,
+                    record: record.is_some(),
                 })
             }
             Method::Sidecar => self.sidecar_shift(op, next, intent),
         }
+    }
+
+    /// Sets the commit record for `next` (the table after the change, with
+    /// `intent` pending) if it applies: the option is on, only lengths and
+    /// capacities of at most [`format::MAX_RECORD_CHANGES`] regions differ
+    /// from the base slot, and the filesystem takes the attribute. Returns
+    /// the record set; `None` means the caller writes a slot instead (the
+    /// attribute is then as it was: stale, or a record the slot outdates).
+    fn set_record(
+        &mut self,
+        next: &Header,
+        mut intent: Intent,
+        journal: &[JournalEntry],
+    ) -> Option<format::Record> {
+        if !self.opts.commit_record {
+            return None;
+        }
+        let base = self.record_base.as_ref().unwrap_or(&self.header);
+        let changes = format::record_changes(base, next)?;
+        (intent.journal_count, intent.journal_crc) = plan::digest(&plan::canonical(journal));
+        let rec = format::Record {
+            generation: self.header.generation + 1,
+            base: base.generation,
+            intent: Some(intent),
+            changes,
+        };
+        let bytes = format::encode_record(&rec);
+        // Any failure (no xattrs here, no space for one) only means the
+        // slower protocol: nothing was changed.
+        sys::meta::xattr_set(
+            &self.file,
+            &std::ffi::OsString::from(format::RECORD_XATTR),
+            &bytes,
+        )
+        .ok()?;
+        self.record_on_file = true;
+        Some(rec)
     }
 
     fn copy_opts(&self) -> CopyOptions<'static> {
@@ -1332,6 +1450,7 @@ impl Store {
             tail_reread: s0 - e0,
             extents: 0,
             remapped: false,
+            record: false,
         })
     }
 
@@ -1391,7 +1510,13 @@ impl Store {
             // A complete native shift needs nothing (and so no layout lock,
             // which readers may hold); checking only reads.
             let done = intent.method == Method::Native
-                && native_progress_done(&self.file, &self.path, &intent, self.slot)?;
+                && native_progress_done(
+                    &self.file,
+                    &self.path,
+                    &intent,
+                    self.slot,
+                    self.record_base.is_some(),
+                )?;
             if !done && !self.writable {
                 return Err(err(
                     ErrorKind::NeedsRecovery,
@@ -1426,7 +1551,7 @@ impl Store {
                         r.map_or(0, |r| r.offset)
                     )
                 } else {
-                    format!("the file is {size} bytes, longer than the region table's end ({end})")
+                    format!("the file is {size} bytes, longer than the region table's end ({end}); if this is a copy, was it made without extended attributes (the commit record, {}) while a change was pending?", format::RECORD_XATTR)
                 },
             ));
         }
@@ -1540,8 +1665,14 @@ impl Store {
         op: &str,
         intent: &Intent,
     ) -> std::result::Result<Option<String>, (Error, bool)> {
-        let journal =
-            read_journal(&self.file, &self.path, intent, self.slot).map_err(|e| (e, false))?;
+        let journal = journal_for(
+            &self.file,
+            &self.path,
+            intent,
+            self.slot,
+            self.record_base.is_some(),
+        )
+        .map_err(|e| (e, false))?;
         let map = current_map(&self.file, &self.path).map_err(|e| (e, false))?;
         let size = file_size(&self.file).unwrap_or(0);
         let steps = plan::plan(intent, &journal, &map, size).map_err(|h| {
@@ -1659,7 +1790,7 @@ impl Drop for Store {
     fn drop(&mut self) {
         // Best effort: leave a clean header (no device addresses) behind.
         if !self.abandoned {
-            let _ = self.clean_intent("close store");
+            let _ = self.clean_intent("close store", true);
         }
     }
 }
@@ -1806,8 +1937,41 @@ fn read_journal(
     })
 }
 
-fn native_progress_done(file: &File, path: &Path, intent: &Intent, slot: usize) -> Result<bool> {
-    let journal = read_journal(file, path, intent, slot)?;
+/// The journal of the pending intent: read from the slot's journal area, or
+/// for a commit record rebuilt from the extent map.
+fn journal_for(
+    file: &File,
+    path: &Path,
+    intent: &Intent,
+    slot: usize,
+    record: bool,
+) -> Result<Vec<JournalEntry>> {
+    if !record {
+        return read_journal(file, path, intent, slot);
+    }
+    let map = current_map(file, path)?;
+    plan::reconstruct(intent, &map).map_err(|h| {
+        err(
+            ErrorKind::Corrupted,
+            "read intent journal",
+            path,
+            format!("{h}; was the file copied, restored from a backup or defragmented while the change was pending? Open the original read-write once, then copy it"),
+        )
+    })
+}
+
+fn native_progress_done(
+    file: &File,
+    path: &Path,
+    intent: &Intent,
+    slot: usize,
+    record: bool,
+) -> Result<bool> {
+    let journal = match journal_for(file, path, intent, slot, record) {
+        Ok(j) => j,
+        Err(_) if record => return Ok(false),
+        Err(e) => return Err(e),
+    };
     let map = current_map(file, path)?;
     let size = file_size(file).unwrap_or(0);
     Ok(plan::plan(intent, &journal, &map, size).is_ok_and(|s| s.is_empty()))
@@ -1859,9 +2023,89 @@ fn restore_sidecar(
 /// A decoded slot and its index (0 = A, 1 = B).
 type Slot = (Header, usize);
 
+/// The table in force, as the header slots and the commit record give it.
+#[derive(Debug)]
+pub(crate) struct Found {
+    /// The newest table.
+    header: Header,
+    /// Its slot; under a commit record, the record's base slot.
+    slot: usize,
+    /// The table before (the other valid slot, or the record's base).
+    other: Option<Slot>,
+    /// The base slot's table when `header` comes from the commit record.
+    record_base: Option<Header>,
+    /// Whether a commit record attribute exists (current or stale).
+    record_on_file: bool,
+}
+
+/// Reads both slots and the commit record and picks the newest valid table.
+fn read_header(file: &File, path: &Path, op: &str) -> Result<Found> {
+    let (header, slot, other) = read_slots(file, path, op)?;
+    let raw = sys::meta::xattr_get_opt(file, format::RECORD_XATTR)
+        .map_err(|e| os(op, path, "fgetxattr", e))?;
+    let Some(raw) = raw else {
+        return Ok(Found {
+            header,
+            slot,
+            other,
+            record_base: None,
+            record_on_file: false,
+        });
+    };
+    let what = format!(
+        "the commit record (extended attribute {})",
+        format::RECORD_XATTR
+    );
+    let rec = format::decode_record(&raw).map_err(|e| {
+        err(
+            if e.unsupported {
+                ErrorKind::Unsupported
+            } else {
+                ErrorKind::Corrupted
+            },
+            op,
+            path,
+            format!("{what}: {e}"),
+        )
+    })?;
+    if rec.generation <= header.generation {
+        // A slot written since outdates it.
+        return Ok(Found {
+            header,
+            slot,
+            other,
+            record_base: None,
+            record_on_file: true,
+        });
+    }
+    let base = std::iter::once((header, slot))
+        .chain(other)
+        .find(|(h, _)| h.generation == rec.base)
+        .ok_or_else(|| {
+            err(
+                ErrorKind::Corrupted,
+                op,
+                path,
+                format!(
+                    "{what} (generation {}) changes generation {}, which no valid header slot holds",
+                    rec.generation, rec.base
+                ),
+            )
+        })?;
+    let table = format::apply_record(&base.0, &rec)
+        .map_err(|e| err(ErrorKind::Corrupted, op, path, format!("{what}: {e}")))?;
+    Ok(Found {
+        header: table,
+        slot: base.1,
+        record_base: Some(base.0.clone()),
+        other: Some(base),
+        record_on_file: true,
+    })
+}
+
 /// Reads both slots and picks the newest valid one. Returns it, its index,
 /// and the other slot if valid.
-fn read_header(file: &File, path: &Path, op: &str) -> Result<(Header, usize, Option<Slot>)> {
+fn read_slots(file: &File, path: &Path, op: &str) -> Result<(Header, usize, Option<Slot>)> {
     let mut found: Vec<(Header, usize)> = Vec::new();
     let mut problems: Vec<(usize, format::FormatError)> = Vec::new();
     let mut magic = false;
@@ -1989,9 +2233,22 @@ pub fn check(path: impl AsRef<Path>) -> Result<CheckReport> {
         });
     }
     match read_header(&file, path, op) {
-        Ok((h, i, other)) => {
+        Ok(found) => {
+            let (h, i, other) = (&found.header, found.slot, &found.other);
+            let record = found.record_base.is_some();
             rep.generation = h.generation;
             rep.regions = h.regions.clone();
+            if record {
+                rep.notes.push(format!(
+                    "the table in force (generation {}) is the commit record's change of slot {}'s",
+                    h.generation,
+                    ["A", "B"][i]
+                ));
+            } else if found.record_on_file {
+                rep.notes.push(
+                    "a stale commit record (removed at the next read-write open)".to_string(),
+                );
+            }
             if other.is_none() {
                 rep.notes.push(format!(
                     "slot {} is not valid (normal after a crash during a header write)",
@@ -2003,7 +2260,7 @@ pub fn check(path: impl AsRef<Path>) -> Result<CheckReport> {
                 let what = format!("{:?} of {} at {}", it.kind, it.len, it.offset);
                 match it.method {
                     Method::Native => {
-                        let planned = read_journal(&file, path, &it, i).and_then(|j| {
+                        let planned = journal_for(&file, path, &it, i, record).and_then(|j| {
                             let map = current_map(&file, path)?;
                             Ok(plan::plan(&it, &j, &map, size))
                         });

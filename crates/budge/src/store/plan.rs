@@ -290,6 +290,138 @@ pub fn plan(
     Ok(steps)
 }
 
+/// The journal in canonical form: pieces that are contiguous both in the
+/// file and on the device merged into one, so two extent listings of the
+/// same data compare equal however the filesystem splits its records (XFS
+/// merges extents a collapse brings together; written and unwritten
+/// neighbours are separate records).
+pub fn canonical(j: &[JournalEntry]) -> Vec<JournalEntry> {
+    let mut out: Vec<JournalEntry> = Vec::with_capacity(j.len());
+    for e in j.iter().filter(|e| e.len > 0) {
+        match out.last_mut() {
+            Some(l) if l.logical + l.len == e.logical && l.physical + l.len == e.physical => {
+                l.len += e.len;
+            }
+            _ => out.push(*e),
+        }
+    }
+    out
+}
+
+/// Count and CRC-32C of a canonical journal, as a commit record stores them.
+pub fn digest(canon: &[JournalEntry]) -> (u32, u32) {
+    let (_, crc) = super::format::encode_journal(canon);
+    (canon.len() as u32, crc)
+}
+
+/// The pre-shift tail range `[lo, hi)` the journal covers.
+fn tail_range(intent: &Intent) -> (u64, u64) {
+    match intent.kind {
+        IntentKind::Insert => (intent.offset, intent.old_size),
+        IntentKind::Collapse => (intent.offset + intent.len, intent.old_size),
+    }
+}
+
+/// The data of current `[a, b)`, moved by `delta` (pre-shift offsets), in
+/// pieces clipped to the range.
+fn pieces_in(
+    map: &[MapExtent],
+    a: u64,
+    b: u64,
+    back: impl Fn(u64) -> u64,
+    out: &mut Vec<JournalEntry>,
+) {
+    if a >= b {
+        return;
+    }
+    let i = map.partition_point(|e| e.logical + e.len <= a);
+    for e in &map[i..] {
+        if e.logical >= b {
+            break;
+        }
+        let s = e.logical.max(a);
+        let t = (e.logical + e.len).min(b);
+        out.push(JournalEntry {
+            logical: back(s),
+            physical: e.physical + (s - e.logical),
+            len: t - s,
+        });
+    }
+}
+
+/// Rebuilds the canonical journal of a commit record's shift from the
+/// current extent map, for recovery, which has no journal written down.
+///
+/// A shift cut short has one boundary (see the module docs): in pre-shift
+/// offsets, the tail below it is at its old place and the tail above it
+/// moved by `d` (insert), or the reverse (collapse). Each boundary gives
+/// one candidate journal; candidates only differ if data lies between
+/// their boundaries, and then the count and CRC the record holds
+/// (`intent.journal_count`, `intent.journal_crc`) tell them apart. The
+/// boundaries worth trying are "not started", "done" and one per hole of at
+/// least `d` bytes in the current tail (the gap the shift opened sits in
+/// one), so the cost is O(holes x extents).
+///
+/// # Errors
+/// A description when no candidate matches: something other than the
+/// shift changed the file's extents (a byte copy, a defragmentation).
+pub fn reconstruct(intent: &Intent, map: &[MapExtent]) -> Result<Vec<JournalEntry>, String> {
+    let d = intent.len;
+    let (lo, hi) = tail_range(intent);
+    // Boundaries, in pre-shift offsets.
+    let mut cands: Vec<u64> = vec![lo, hi];
+    let (scan_a, scan_b) = match intent.kind {
+        IntentKind::Insert => (lo, hi.saturating_add(d)),
+        IntentKind::Collapse => (lo.saturating_sub(d), hi),
+    };
+    let mut at = scan_a;
+    let i = map.partition_point(|e| e.logical + e.len <= scan_a);
+    let mut holes: Vec<(u64, u64)> = Vec::new();
+    for e in map[i..].iter().take_while(|e| e.logical < scan_b) {
+        if e.logical > at {
+            holes.push((at, e.logical));
+        }
+        at = at.max(e.logical + e.len);
+    }
+    if at < scan_b {
+        holes.push((at, scan_b));
+    }
+    for (h0, h1) in holes {
+        if h1 - h0 >= d {
+            let x = match intent.kind {
+                IntentKind::Insert => h0,
+                IntentKind::Collapse => h0 + d,
+            };
+            cands.push(x.clamp(lo, hi));
+        }
+    }
+    cands.sort_unstable();
+    cands.dedup();
+    let want = (intent.journal_count, intent.journal_crc);
+    for x in cands {
+        let mut j = Vec::new();
+        match intent.kind {
+            IntentKind::Insert => {
+                pieces_in(map, lo, x, |o| o, &mut j);
+                pieces_in(map, x + d, hi + d, |o| o - d, &mut j);
+            }
+            IntentKind::Collapse => {
+                pieces_in(map, lo - d, x - d, |o| o + d, &mut j);
+                pieces_in(map, x, hi, |o| o, &mut j);
+            }
+        }
+        let c = canonical(&j);
+        if c.len() as u32 == want.0 && digest(&c) == want {
+            return Ok(c);
+        }
+    }
+    Err(format!(
+        "no way the shift could have been cut matches the commit record's journal \
+         ({} extents, CRC {:#010x}): the file's extents changed otherwise",
+        want.0, want.1
+    ))
+}
+
 /// Applies `steps` to a model of the extent map, for tests: returns the map
 /// and size after them.
 #[cfg(test)]
@@ -479,6 +611,72 @@ mod tests {
                 prop_assert_eq!(blocks(&fin), blocks(&want));
             }
         }
+    }
+
+    proptest! {
+        #[test]
+        fn reconstruct_finds_the_journal_of_any_partial_shift(
+            data in proptest::collection::vec(any::<bool>(), 2..40),
+            at in 0usize..40, d in 1u64..6, insert in any::<bool>(), done in 0usize..50,
+            contiguous in any::<bool>(),
+        ) {
+            let n = data.len() as u64;
+            let s = n * B;
+            let e = (at as u64 % n) * B;
+            let d = d * B;
+            let kind = if insert { IntentKind::Insert } else { IntentKind::Collapse };
+            if !insert && e + d > s { return Ok(()); }
+            let mut map = map_from(&data);
+            if contiguous {
+                // Physically contiguous neighbours: canonical form merges them.
+                for (k, x) in map.iter_mut().enumerate() {
+                    x.physical = (1 << 30) + x.logical + (k as u64 / 3) * B * 100;
+                }
+            }
+            let mut i = intent(kind, e, d, s);
+            let journal = match kind {
+                IntentKind::Insert => journal_of(&map, e, s),
+                IntentKind::Collapse => journal_of(&map, e + d, s),
+            };
+            let canon = canonical(&journal);
+            (i.journal_count, i.journal_crc) = digest(&canon);
+            let (now, size) = partial(&map, &i, done);
+            let got = reconstruct(&i, &now).map_err(TestCaseError::fail)?;
+            prop_assert_eq!(blocks_j(&got), blocks_j(&journal));
+            // And the plan from it completes the shift.
+            let whole = match kind {
+                IntentKind::Insert => vec![Step::Insert { offset: e, len: d }],
+                IntentKind::Collapse => vec![Step::Collapse { offset: e, len: d }],
+            };
+            let (want, want_size) = apply(&map, s, &whole);
+            let steps = plan(&i, &got, &now, size).map_err(TestCaseError::fail)?;
+            let (fin, fin_size) = apply(&now, size, &steps);
+            prop_assert_eq!(fin_size, want_size);
+            prop_assert_eq!(blocks(&fin), blocks(&want));
+        }
+    }
+
+    fn blocks_j(j: &[JournalEntry]) -> Vec<(u64, u64)> {
+        blocks(
+            &j.iter()
+                .map(|e| MapExtent {
+                    logical: e.logical,
+                    physical: e.physical,
+                    len: e.len,
+                })
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    #[test]
+    fn reconstruct_refuses_a_moved_block() {
+        let map = map_from(&[true, false, true, true]);
+        let mut i = intent(IntentKind::Insert, B, B, 4 * B);
+        (i.journal_count, i.journal_crc) = digest(&canonical(&journal_of(&map, B, 4 * B)));
+        let mut moved = map.clone();
+        moved[2].physical += 12345 * B;
+        assert!(reconstruct(&i, &moved).is_err());
+        assert!(reconstruct(&i, &map).is_ok());
     }
 
     #[test]

@@ -128,6 +128,30 @@ pub fn xattr_set<Fd: AsFd>(fd: Fd, name: &OsString, value: &[u8]) -> io::Result<
     rustix::fs::fsetxattr(fd, name.as_os_str(), value, XattrFlags::empty()).map_err(Into::into)
 }
 
+/// The value of one extended attribute, `None` if the file has none of that
+/// name or the filesystem has no extended attributes.
+pub fn xattr_get_opt<Fd: AsFd>(fd: Fd, name: &str) -> io::Result<Option<Vec<u8>>> {
+    match xattr_get(fd, &OsString::from(name)) {
+        Ok(v) => Ok(Some(v)),
+        Err(e)
+            if [rustix::io::Errno::NODATA, rustix::io::Errno::OPNOTSUPP]
+                .iter()
+                .any(|n| e.raw_os_error() == Some(n.raw_os_error())) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes one extended attribute (`fremovexattr`); a missing one is fine.
+pub fn xattr_remove<Fd: AsFd>(fd: Fd, name: &str) -> io::Result<()> {
+    match rustix::fs::fremovexattr(fd, name) {
+        Ok(()) | Err(rustix::io::Errno::NODATA) | Err(rustix::io::Errno::OPNOTSUPP) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// `memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING)`: an anonymous file
 /// in memory (swap-backed), reachable by no path.
 pub fn memfd(name: &str) -> io::Result<File> {

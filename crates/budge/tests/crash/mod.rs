@@ -147,7 +147,13 @@ pub fn worker_main() {
         .unwrap();
     }
     say("opening");
-    let mut s = match open_retry(Path::new(&path), &opts(strategy)).0 {
+    // Native resizes commit by the commit record in three rounds of four,
+    // by a header slot written first in the fourth (both protocols crash).
+    let o = StoreOptions {
+        commit_record: seed % 4 != 0,
+        ..opts(strategy)
+    };
+    let mut s = match open_retry(Path::new(&path), &o).0 {
         Ok(s) => s,
         Err(e) => {
             say(&format!("error open {e}"));
@@ -382,7 +388,7 @@ pub fn forensic(path: &Path) -> String {
         return "no file".into();
     };
     let size = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut best: Option<(format::Header, usize)> = None;
+    let mut valid: Vec<(format::Header, usize)> = Vec::new();
     for (i, &off) in format::SLOT_OFFSET.iter().enumerate() {
         let mut b = vec![0u8; format::SLOT_SIZE as usize];
         if f.read_exact_at(&mut b, off).is_err() {
@@ -394,18 +400,34 @@ pub fn forensic(path: &Path) -> String {
                 continue;
             }
         }
-        if best
-            .as_ref()
-            .is_none_or(|(o, _)| h.generation > o.generation)
-        {
-            best = Some((h, i));
-        }
+        valid.push((h, i));
     }
-    let Some((h, slot)) = best else {
+    let Some((mut h, slot)) = valid.iter().max_by_key(|(h, _)| h.generation).cloned() else {
         return "NO VALID HEADER".into();
     };
+    // The commit record, when newer than both slots, is the table in force.
+    let mut from_record = false;
+    if let Ok(Some(raw)) = budge::sys::meta::xattr_get_opt(&f, format::RECORD_XATTR) {
+        let Ok(rec) = format::decode_record(&raw) else {
+            return "NO VALID HEADER: damaged commit record".into();
+        };
+        if rec.generation > h.generation {
+            let Some((base, _)) = valid.iter().find(|(b, _)| b.generation == rec.base) else {
+                return "NO VALID HEADER: the commit record's base slot is gone".into();
+            };
+            match format::apply_record(base, &rec) {
+                Ok(t) => h = t,
+                Err(e) => return format!("NO VALID HEADER: commit record: {e}"),
+            }
+            from_record = true;
+        }
+    }
     let Some(it) = h.intent else {
-        return "clean".into();
+        return if from_record {
+            "clean (commit record)".into()
+        } else {
+            "clean".into()
+        };
     };
     let kind = match it.kind {
         IntentKind::Insert => "insert",
@@ -413,7 +435,6 @@ pub fn forensic(path: &Path) -> String {
     };
     match it.method {
         Method::Native => {
-            let journal = read_journal(&f, &it, slot).unwrap();
             let map: Vec<plan::MapExtent> = match budge::extents::extents(&f) {
                 Ok(m) => m
                     .into_iter()
@@ -424,6 +445,19 @@ pub fn forensic(path: &Path) -> String {
                     })
                     .collect(),
                 Err(e) => return format!("native {kind}: FIEMAP failed: {e}"),
+            };
+            let journal = if from_record {
+                match plan::reconstruct(&it, &map) {
+                    Ok(j) => j,
+                    Err(e) => return format!("native {kind} (record): UNPLANNABLE: {e}"),
+                }
+            } else {
+                read_journal(&f, &it, slot).unwrap()
+            };
+            let kind = if from_record {
+                format!("{kind} (record)")
+            } else {
+                kind.to_string()
             };
             let steps = match plan::plan(&it, &journal, &map, size) {
                 Ok(s) => s,
