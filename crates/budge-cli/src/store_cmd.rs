@@ -164,7 +164,15 @@ fn report_json(file: &Path, op: &str, r: &ResizeReport) -> serde_json::Value {
             "bytes_copied": s.bytes_copied,
             "tail_reread": s.tail_reread,
             "extents_journaled": s.extents,
+            "commit": if s.record { "record" } else { "slot" },
         })),
+        "compacted": r.compacted.iter().map(|c| json!({
+            "region": c.name,
+            "extents_before": c.report.extents_before,
+            "extents_after": c.report.extents_after,
+            "bytes_moved": c.report.bytes_moved,
+        })).collect::<Vec<_>>(),
+        "compact_error": r.compact_error,
     })
 }
 
@@ -186,14 +194,36 @@ fn print_report(file: &Path, op: &str, r: &ResizeReport, json: bool) -> CliResul
     match &r.shift {
         Some(s) => writeln!(
             out,
-            "  {:?} of {} at {}: strategy {}, {} data bytes copied",
+            "  {:?} of {} at {}: strategy {}, {} data bytes copied, committed by {}",
             s.kind,
             human_size(s.len),
             human_size(s.offset),
             s.strategy,
-            s.bytes_copied
+            s.bytes_copied,
+            if s.record {
+                "the commit record (one fdatasync)"
+            } else {
+                "a header slot"
+            }
         )?,
         None => writeln!(out, "  within capacity: header only, nothing moved")?,
+    }
+    if !r.compacted.is_empty() {
+        let (b, a, m) = r.compacted.iter().fold((0, 0, 0), |(b, a, m), c| {
+            (
+                b + c.report.extents_before,
+                a + c.report.extents_after,
+                m + c.report.bytes_moved,
+            )
+        });
+        writeln!(
+            out,
+            "  compacted (the shifted tail had too many extents): extents {b} -> {a}, {} moved",
+            human_size(m)
+        )?;
+    }
+    if let Some(e) = &r.compact_error {
+        writeln!(out, "  compaction stopped: {e}")?;
     }
     Ok(())
 }

@@ -324,3 +324,135 @@ fs_test!(compact_heals_what_resizes_fragmented, |fs: &TestFs| {
     let ro = Store::open_read_only(&path, &opts(None));
     assert!(ro.is_err() || ro.unwrap().compact(&RelocateOptions::default()).is_err());
 });
+
+fn layout(s: &Store) -> Vec<(String, u64, u64, u64)> {
+    s.regions()
+        .into_iter()
+        .map(|r| (r.name, r.offset, r.len, r.capacity))
+        .collect()
+}
+
+fn record_attr(path: &std::path::Path) -> Option<Vec<u8>> {
+    let f = std::fs::File::open(path).unwrap();
+    budge::sys::meta::xattr_get_opt(&f, budge::store::format::RECORD_XATTR).unwrap()
+}
+
+// Native resizes are committed by the commit record (one fdatasync) while
+// at most four regions differ from the slot in force; a fifth, or the
+// option off, writes a slot. An abandoned store (a crash after the resizes
+// returned) reopens with the record's table and every byte; open and close
+// fold the record into a slot and remove it.
+fs_test!(record_protocol_commits_native_resizes, |fs: &TestFs| {
+    let native = fs.caps().insert_range.works && fs.caps().collapse_range.works;
+    let path = fs.path("rec");
+    let names = ["a", "b", "c", "d", "e", "f"];
+    let mut s = Store::create(&path, &opts(None)).unwrap();
+    let mut model = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        s.add(n, MIB, 0).unwrap();
+        model.push(fill(&mut s, n, 70 + i as u64));
+    }
+    drop(s);
+    let mut s = Store::open(&path, &opts(None)).unwrap();
+    let step = s.align();
+    let mut used = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        let old = model[i].len();
+        let r = s.resize(n, old as u64 + step).unwrap();
+        let add = data(step as usize, 200 + i as u64);
+        s.bytes_mut(n).unwrap()[old..].copy_from_slice(&add);
+        model[i].extend_from_slice(&add);
+        used.push(r.shift.unwrap().record);
+    }
+    s.commit().unwrap();
+    if native {
+        // Four changes against the base, a slot for the fifth, then a new
+        // base for the sixth.
+        assert_eq!(used, [true, true, true, true, false, true], "{}", fs.kind);
+        assert!(record_attr(&path).is_some());
+    } else {
+        assert!(used.iter().all(|r| !r), "{}: {used:?}", fs.kind);
+    }
+    let want = layout(&s);
+    s.abandon();
+    let ro = Store::open_read_only(&path, &opts(None)).unwrap();
+    assert_eq!(layout(&ro), want, "{}", fs.kind);
+    for (i, n) in names.iter().enumerate() {
+        assert!(ro.bytes(n).unwrap() == &model[i][..], "{}: {n}", fs.kind);
+    }
+    drop(ro);
+    let s = Store::open(&path, &opts(None)).unwrap();
+    assert_eq!(layout(&s), want);
+    assert!(record_attr(&path).is_none(), "{}: folded at open", fs.kind);
+    drop(s);
+    // The option off: slots only.
+    let o = StoreOptions {
+        commit_record: false,
+        ..opts(None)
+    };
+    let mut s = Store::open(&path, &o).unwrap();
+    let r = s.resize("a", model[0].len() as u64 + 2 * step).unwrap();
+    assert!(!r.shift.unwrap().record);
+    assert!(record_attr(&path).is_none());
+    drop(s);
+    std::fs::remove_file(&path).unwrap();
+});
+
+// A store whose resizes cut the data after the grown region into many
+// extents compacts itself once a shifted tail has more than
+// `compact_above` extents: every byte and the layout stay, and the
+// extent count comes down.
+fs_test!(auto_compaction_when_the_tail_piles_up, |fs: &TestFs| {
+    if !(fs.caps().insert_range.works && fs.caps().collapse_range.works) {
+        return; // sidecar shifts record no extents
+    }
+    let path = fs.path("auto");
+    let o = StoreOptions {
+        compact_above: Some(40),
+        ..opts(None)
+    };
+    let mut s = Store::create(&path, &o).unwrap();
+    let names = ["a", "b", "c", "d"];
+    let mut model: Vec<Vec<u8>> = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        s.add(n, MIB, 0).unwrap();
+        model.push(fill(&mut s, n, 90 + i as u64));
+    }
+    s.commit().unwrap();
+    let step = s.align();
+    let (mut runs, mut most, mut after) = (0, 0, usize::MAX);
+    for i in 0..150u64 {
+        let k = (i * 7 % 3) as usize; // a, b, c: d is always in the tail
+        let old = model[k].len();
+        let r = s.resize(names[k], old as u64 + step).unwrap();
+        assert_eq!(r.compact_error, None, "{}", fs.kind);
+        most = most.max(r.shift.as_ref().map_or(0, |x| x.extents));
+        if !r.compacted.is_empty() {
+            runs += 1;
+            let ext = budge::extents::extents(&std::fs::File::open(&path).unwrap()).unwrap();
+            after = after.min(ext.len());
+        }
+        let add = data(step as usize, 300 + i);
+        s.bytes_mut(names[k]).unwrap()[old..].copy_from_slice(&add);
+        model[k].extend_from_slice(&add);
+        s.commit().unwrap();
+    }
+    eprintln!(
+        "{}: auto compaction ran {runs} times; most tail extents {most}; fewest extents after one {after}",
+        fs.kind
+    );
+    assert!(runs > 0, "{}: never compacted (most {most})", fs.kind);
+    assert!(after < 40, "{}: {after} extents after compaction", fs.kind);
+    for (k, n) in names.iter().enumerate() {
+        assert!(s.bytes(n).unwrap() == &model[k][..], "{}: {n}", fs.kind);
+    }
+    drop(s);
+    let s = Store::open(&path, &o).unwrap();
+    for (k, n) in names.iter().enumerate() {
+        assert!(
+            s.bytes(n).unwrap() == &model[k][..],
+            "{}: {n} after reopen",
+            fs.kind
+        );
+    }
+});

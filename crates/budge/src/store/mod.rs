@@ -81,6 +81,14 @@ pub struct StoreOptions {
     /// changed since the last header write, no extended attributes), the
     /// intent goes into a header slot first. See `docs/design.md`.
     pub commit_record: bool,
+    /// Compact the store ([`Store::compact`], default options) after a
+    /// native shift whose moved tail had more than this many extents
+    /// (`None`: never on its own). Each insert or collapse costs time per
+    /// extent to its right (about 1.3 µs on XFS, measured), and a tail of
+    /// more than [`format::MAX_JOURNAL`] extents cannot be shifted natively
+    /// at all, so the default, 10,000, keeps resizes fast and possible. The
+    /// compaction is reported in [`ResizeReport::compacted`].
+    pub compact_above: Option<usize>,
 }
 
 impl Default for StoreOptions {
@@ -94,6 +102,7 @@ impl Default for StoreOptions {
             advice: Advice::Normal,
             wait_for_readers: false,
             commit_record: true,
+            compact_above: Some(10_000),
         }
     }
 }
@@ -155,6 +164,12 @@ pub struct ResizeReport {
     pub new_capacity: u64,
     /// The shift, if capacity changed.
     pub shift: Option<ShiftInfo>,
+    /// What the automatic compaction after the shift moved
+    /// ([`StoreOptions::compact_above`]); empty when it did not run.
+    pub compacted: Vec<Compacted>,
+    /// Why the automatic compaction stopped, if it failed (the resize
+    /// itself succeeded and is durable).
+    pub compact_error: Option<String>,
 }
 
 /// What [`Store::compact`] did to one region.
@@ -779,6 +794,20 @@ impl Store {
         Ok(out)
     }
 
+    /// Compacts after a native shift of a tail of more than
+    /// `opts.compact_above` extents. Best effort: the resize is done.
+    fn auto_compact(&mut self, shift: Option<&ShiftInfo>) -> (Vec<Compacted>, Option<String>) {
+        match (shift, self.opts.compact_above) {
+            (Some(info), Some(limit)) if info.extents > limit => {
+                match self.compact(&crate::relocate::RelocateOptions::default()) {
+                    Ok(c) => (c, None),
+                    Err(e) => (Vec::new(), Some(e.to_string())),
+                }
+            }
+            _ => (Vec::new(), None),
+        }
+    }
+
     /// Closes the store the way a crash would: without replacing a pending
     /// intent record (for crash and recovery tests).
     #[doc(hidden)]
@@ -856,12 +885,15 @@ impl Store {
         });
         next.repack();
         let shift = self.structural(&op, next, IntentKind::Insert, at, cap)?;
+        let (compacted, compact_error) = self.auto_compact(shift.as_ref());
         Ok(ResizeReport {
             name: name.to_string(),
             old_len: 0,
             new_len: len,
             old_capacity: 0,
             new_capacity: cap,
+            compacted,
+            compact_error,
             shift,
         })
     }
@@ -879,12 +911,15 @@ impl Store {
         next.regions.remove(i);
         next.repack();
         let shift = self.structural(&op, next, IntentKind::Collapse, r.offset, r.capacity)?;
+        let (compacted, compact_error) = self.auto_compact(shift.as_ref());
         Ok(ResizeReport {
             name: name.to_string(),
             old_len: r.len,
             new_len: 0,
             old_capacity: r.capacity,
             new_capacity: 0,
+            compacted,
+            compact_error,
             shift,
         })
     }
@@ -1020,12 +1055,15 @@ impl Store {
                 self.poison(res)?;
             }
         }
+        let (compacted, compact_error) = self.auto_compact(shift.as_ref());
         Ok(ResizeReport {
             name: r.name,
             old_len: r.len,
             new_len,
             old_capacity: r.capacity,
             new_capacity: new_cap,
+            compacted,
+            compact_error,
             shift,
         })
     }
