@@ -374,6 +374,11 @@ fs_test!(record_protocol_commits_native_resizes, |fs: &TestFs| {
         assert!(used.iter().all(|r| !r), "{}: {used:?}", fs.kind);
     }
     let want = layout(&s);
+    // A snapshot taken while the record is the table in force has it.
+    let snap = Store::open_snapshot(&path, &opts(None)).unwrap();
+    assert_eq!(layout(&snap), want, "{}: snapshot", fs.kind);
+    assert!(snap.bytes("f").unwrap() == &model[5][..]);
+    drop(snap);
     s.abandon();
     let ro = Store::open_read_only(&path, &opts(None)).unwrap();
     assert_eq!(layout(&ro), want, "{}", fs.kind);

@@ -821,6 +821,16 @@ fn record_checksum(b: &[u8]) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c(&b[..0x0c]), &b[0x10..])
 }
 
+/// Recomputes a commit record's checksum in place (for tests and fuzzing,
+/// so damaged fields get past the checksum). Does nothing to a buffer
+/// shorter than the fixed part.
+pub fn seal_record(b: &mut [u8]) {
+    if b.len() >= RECORD_FIXED_LEN {
+        let crc = record_checksum(b);
+        put32(b, 0x0c, crc);
+    }
+}
+
 /// Decodes a commit record (the fields on their own; [`apply_record`]
 /// checks it against its base).
 ///
