@@ -438,3 +438,103 @@ fn shutdown_test(kind: &'static str) {
 }
 
 kind_tests!(shutdown_test; shutdown_xfs = "xfs", shutdown_ext4 = "ext4");
+
+/// The commit record's crash cases, made to happen rather than waited for:
+/// at the failpoint `mark` of a native resize, this thread forces the
+/// filesystem journal (`syncfs`: the record, and after the shift the shift,
+/// become durable) and shuts the filesystem down without log flush, before
+/// any header slot or "done" mark is written. After a remount the store must
+/// reopen in the new state (the record is the only description of it),
+/// with the other regions' bytes intact.
+#[cfg(feature = "failpoints")]
+fn record_crash(kind: &'static str, mark: &'static str) {
+    use budge::store::{Growth, Store, StoreOptions};
+    let Some(mut fs) = crash::loop_fs(kind, "commit record crash test") else {
+        return;
+    };
+    let path = fs.path().join("rec");
+    let o = StoreOptions {
+        growth: Growth::Exact,
+        ..StoreOptions::default()
+    };
+    let mut s = Store::create(&path, &o).unwrap();
+    let names = ["a", "b", "c"];
+    let mut model = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        s.add(n, 1 << 20, 0).unwrap();
+        let d = common::data(1 << 20, 40 + i as u64);
+        s.bytes_mut(n).unwrap().copy_from_slice(&d);
+        model.push(d);
+    }
+    s.commit().unwrap();
+    let step = s.align();
+    let dir = fs.path().to_path_buf();
+    let me = std::thread::current().id();
+    let scenario = fail::FailScenario::setup();
+    fail::cfg_callback(format!("budge::store::{mark}"), move || {
+        if std::thread::current().id() != me {
+            return; // another test's store
+        }
+        let d = std::fs::File::open(&dir).unwrap();
+        rustix::fs::syncfs(&d).unwrap();
+        fs_shutdown(&d, ShutdownMode::NoLogFlush).unwrap();
+    })
+    .unwrap();
+    let r = s.resize("a", (1 << 20) + step);
+    scenario.teardown();
+    let what = format!("{kind}, shut down at {mark}");
+    match &r {
+        // After the shift, the fdatasync fails on the dead filesystem.
+        Err(e) => eprintln!("{what}: resize: {e}"),
+        Ok(r) => panic!("{what}: the resize returned {r:?} on a shut-down filesystem"),
+    }
+    s.abandon();
+    fs.cycle().unwrap();
+    let s = Store::open(&path, &o).unwrap_or_else(|e| panic!("{what}: reopen: {e}"));
+    eprintln!("{what}: recovery {:?}", s.recovery().actions);
+    assert_eq!(
+        s.region("a").unwrap().capacity,
+        (1 << 20) + step,
+        "{what}: the record's table is in force"
+    );
+    if mark == "after-intent" {
+        assert!(
+            s.recovery()
+                .actions
+                .iter()
+                .any(|a| a.contains("completed an interrupted shift")),
+            "{what}: {:?}",
+            s.recovery().actions
+        );
+    }
+    for (k, n) in names.iter().enumerate() {
+        let b = s.bytes(n).unwrap();
+        assert!(b[..model[k].len()] == model[k][..], "{what}: region {n}");
+        assert!(
+            b[model[k].len()..].iter().all(|&x| x == 0),
+            "{what}: {n} tail"
+        );
+    }
+    let f = std::fs::File::open(&path).unwrap();
+    assert!(
+        budge::sys::meta::xattr_get_opt(&f, budge::store::format::RECORD_XATTR)
+            .unwrap()
+            .is_none(),
+        "{what}: the open folded the record into a slot"
+    );
+}
+
+#[cfg(feature = "failpoints")]
+fn record_crash_before_shift(kind: &'static str) {
+    record_crash(kind, "after-intent");
+}
+
+#[cfg(feature = "failpoints")]
+fn record_crash_after_shift(kind: &'static str) {
+    record_crash(kind, "after-shift");
+}
+
+#[cfg(feature = "failpoints")]
+kind_tests!(record_crash_before_shift; record_durable_shift_not_xfs = "xfs", record_durable_shift_not_ext4 = "ext4");
+#[cfg(feature = "failpoints")]
+kind_tests!(record_crash_after_shift; record_and_shift_durable_xfs = "xfs", record_and_shift_durable_ext4 = "ext4");
