@@ -779,11 +779,7 @@ fs_test!(copy_rename_keeps_mode_owner_and_xattrs, |fs| {
     let path = fs.path("m");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
     std::os::unix::fs::chown(&path, Some(1234), Some(5678)).unwrap();
-    let xattr = budge::sys::meta::xattr_set(
-        File::open(&path).unwrap(),
-        &"user.budge-test".into(),
-        b"kept",
-    );
+    let xattr = budge::sys::meta::xattr_set(File::open(&path).unwrap(), "user.budge-test", b"kept");
     let o = RelocateOptions {
         strategy: Some(RelocateStrategy::CopyRename),
         ..opts(2 << 20)

@@ -909,7 +909,7 @@ fn copy_of_store_after_native_change(fs: &TestFs, record: bool) {
     // A copy that keeps extended attributes (cp -a): it has the record.
     if let Some(v) = record_of(&path) {
         let f = std::fs::File::open(&copy).unwrap();
-        budge::sys::meta::xattr_set(&f, &format::RECORD_XATTR.into(), &v).unwrap();
+        budge::sys::meta::xattr_set(&f, format::RECORD_XATTR, &v).unwrap();
     }
     let rep = check(&copy).unwrap();
     if record {

@@ -419,11 +419,7 @@ pub(crate) fn private_copy(
     // A budge store's commit record belongs to its table: the copy carries
     // it (one `fgetxattr` for any other file).
     if let Ok(Some(v)) = sys::meta::xattr_get_opt(src, crate::store::format::RECORD_XATTR) {
-        let _ = sys::meta::xattr_set(
-            &file,
-            &std::ffi::OsString::from(crate::store::format::RECORD_XATTR),
-            &v,
-        );
+        let _ = sys::meta::xattr_set(&file, crate::store::format::RECORD_XATTR, &v);
     }
     report.elapsed = start.elapsed();
     Ok((file, id, report))

@@ -1324,11 +1324,7 @@ impl Store {
                     // orders this before any later extent change.
                     r.intent = None;
                     with_intent.intent = None;
-                    let done = sys::meta::xattr_set(
-                        &self.file,
-                        &std::ffi::OsString::from(format::RECORD_XATTR),
-                        &format::encode_record(&r),
-                    );
+                    let done = put_record(&self.file, &r);
                     self.header = with_intent;
                     // The base slot stays as it was; `prev` is its table
                     // unless an earlier record already set it.
@@ -1379,15 +1375,9 @@ impl Store {
             intent: Some(intent),
             changes,
         };
-        let bytes = format::encode_record(&rec);
         // Any failure (no xattrs here, no space for one) only means the
         // slower protocol: nothing was changed.
-        sys::meta::xattr_set(
-            &self.file,
-            &std::ffi::OsString::from(format::RECORD_XATTR),
-            &bytes,
-        )
-        .ok()?;
+        put_record(&self.file, &rec).ok()?;
         self.record_on_file = true;
         Some(rec)
     }
@@ -1973,6 +1963,12 @@ fn read_journal(
             fe.to_string(),
         )
     })
+}
+
+/// Sets the commit record attribute (create or replace: one journalled
+/// transaction, no sync).
+fn put_record(file: &File, rec: &format::Record) -> std::io::Result<()> {
+    sys::meta::xattr_set(file, format::RECORD_XATTR, &format::encode_record(rec))
 }
 
 /// The journal of the pending intent: read from the slot's journal area, or

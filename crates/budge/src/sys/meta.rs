@@ -3,7 +3,7 @@
 //! attributes), plus sealed memory files for snapshots that cannot live on
 //! the file's own filesystem.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::os::fd::AsFd;
@@ -124,8 +124,8 @@ pub fn xattr_get<Fd: AsFd>(fd: Fd, name: &OsString) -> io::Result<Vec<u8>> {
 }
 
 /// Sets one extended attribute (`fsetxattr`, create or replace).
-pub fn xattr_set<Fd: AsFd>(fd: Fd, name: &OsString, value: &[u8]) -> io::Result<()> {
-    rustix::fs::fsetxattr(fd, name.as_os_str(), value, XattrFlags::empty()).map_err(Into::into)
+pub fn xattr_set<Fd: AsFd>(fd: Fd, name: impl AsRef<OsStr>, value: &[u8]) -> io::Result<()> {
+    rustix::fs::fsetxattr(fd, name.as_ref(), value, XattrFlags::empty()).map_err(Into::into)
 }
 
 /// The value of one extended attribute, `None` if the file has none of that
