@@ -556,6 +556,42 @@ mod tests {
         }
     }
 
+    /// The shift a property case describes: `(kind, offset, distance,
+    /// old size)` in bytes, or `None` for a collapse past EOF.
+    fn shift_case(
+        n: usize,
+        at: usize,
+        d: u64,
+        insert: bool,
+    ) -> Option<(IntentKind, u64, u64, u64)> {
+        let n = n as u64;
+        let (s, e, d) = (n * B, (at as u64 % n) * B, d * B);
+        if !insert && e + d > s {
+            return None;
+        }
+        let kind = if insert {
+            IntentKind::Insert
+        } else {
+            IntentKind::Collapse
+        };
+        Some((kind, e, d, s))
+    }
+
+    /// The tail's journal before the shift `i`.
+    fn tail_journal(map: &[MapExtent], i: &Intent) -> Vec<JournalEntry> {
+        let (lo, hi) = tail_range(i);
+        journal_of(map, lo, hi)
+    }
+
+    /// The whole shift `i` as one step.
+    fn whole(i: &Intent) -> Vec<Step> {
+        let (offset, len) = (i.offset, i.len);
+        match i.kind {
+            IntentKind::Insert => vec![Step::Insert { offset, len }],
+            IntentKind::Collapse => vec![Step::Collapse { offset, len }],
+        }
+    }
+
     fn map_from(blocks_data: &[bool]) -> Vec<MapExtent> {
         // Each data block its own extent, physical addresses scattered.
         blocks_data
@@ -576,24 +612,12 @@ mod tests {
             data in proptest::collection::vec(any::<bool>(), 2..40),
             at in 0usize..40, d in 1u64..6, insert in any::<bool>(), done in 0usize..50,
         ) {
-            let n = data.len() as u64;
-            let s = n * B;
-            let e = (at as u64 % n) * B;
-            let d = d * B;
-            let kind = if insert { IntentKind::Insert } else { IntentKind::Collapse };
-            if !insert && e + d > s { return Ok(()); }
+            let Some((kind, e, d, s)) = shift_case(data.len(), at, d, insert) else { return Ok(()) };
             let map = map_from(&data);
             let i = intent(kind, e, d, s);
-            let journal = match kind {
-                IntentKind::Insert => journal_of(&map, e, s),
-                IntentKind::Collapse => journal_of(&map, e + d, s),
-            };
+            let journal = tail_journal(&map, &i);
             // The expected final state: the whole shift applied.
-            let whole = match kind {
-                IntentKind::Insert => vec![Step::Insert { offset: e, len: d }],
-                IntentKind::Collapse => vec![Step::Collapse { offset: e, len: d }],
-            };
-            let (want, want_size) = apply(&map, s, &whole);
+            let (want, want_size) = apply(&map, s, &whole(&i));
             let (now, size) = partial(&map, &i, done);
             let steps = plan(&i, &journal, &now, size).map_err(TestCaseError::fail)?;
             let (got, got_size) = apply(&now, size, &steps);
@@ -620,12 +644,7 @@ mod tests {
             at in 0usize..40, d in 1u64..6, insert in any::<bool>(), done in 0usize..50,
             contiguous in any::<bool>(),
         ) {
-            let n = data.len() as u64;
-            let s = n * B;
-            let e = (at as u64 % n) * B;
-            let d = d * B;
-            let kind = if insert { IntentKind::Insert } else { IntentKind::Collapse };
-            if !insert && e + d > s { return Ok(()); }
+            let Some((kind, e, d, s)) = shift_case(data.len(), at, d, insert) else { return Ok(()) };
             let mut map = map_from(&data);
             if contiguous {
                 // Physically contiguous neighbours: canonical form merges them.
@@ -634,21 +653,14 @@ mod tests {
                 }
             }
             let mut i = intent(kind, e, d, s);
-            let journal = match kind {
-                IntentKind::Insert => journal_of(&map, e, s),
-                IntentKind::Collapse => journal_of(&map, e + d, s),
-            };
+            let journal = tail_journal(&map, &i);
             let canon = canonical(&journal);
             (i.journal_count, i.journal_crc) = digest(&canon);
             let (now, size) = partial(&map, &i, done);
             let got = reconstruct(&i, &now).map_err(TestCaseError::fail)?;
             prop_assert_eq!(blocks_j(&got), blocks_j(&journal));
             // And the plan from it completes the shift.
-            let whole = match kind {
-                IntentKind::Insert => vec![Step::Insert { offset: e, len: d }],
-                IntentKind::Collapse => vec![Step::Collapse { offset: e, len: d }],
-            };
-            let (want, want_size) = apply(&map, s, &whole);
+            let (want, want_size) = apply(&map, s, &whole(&i));
             let steps = plan(&i, &got, &now, size).map_err(TestCaseError::fail)?;
             let (fin, fin_size) = apply(&now, size, &steps);
             prop_assert_eq!(fin_size, want_size);
