@@ -652,11 +652,14 @@ impl Ctx<'_> {
     fn check_space(&self, tail: u64, engine: Engine) -> Result<()> {
         let reflinks = engine == Engine::Kernel && self.caps.copy_file_range_reflinks.works;
         let cow = matches!(self.caps.fs.kind, sys::FsKind::Btrfs) && !reflinks;
-        let need = self.len + if cow { tail } else { 0 };
+        if !cow {
+            return Ok(());
+        }
+        let need = self.len + tail;
         let avail = sys::fs_info(self.file)
             .map_err(|e| Error::os(self.op.to_string(), "fstatfs", e))?
             .avail_bytes;
-        if cow && avail < need.saturating_add(need / 8) {
+        if avail < need.saturating_add(need / 8) {
             return Err(Error::new(ErrorKind::NoSpace, self.op.to_string()).with_hint(format!(
                 "moving the tail on {} needs about {} free (copy-on-write rewrites every block), {} available; the file is unchanged",
                 self.caps.fs.kind.name(),

@@ -234,7 +234,9 @@ pub(crate) fn publish(
     // mode, xattrs, the link). Its data only has to be written by then: the
     // log write that follows flushes the device cache first. Elsewhere,
     // fsync the content before naming it.
-    let xfs = sys::fs_info(content).is_ok_and(|i| i.kind == sys::FsKind::Xfs);
+    // Not `fstatfs`: on XFS it runs the deferred inactivation of earlier
+    // inodes, which this commit's journal commit would then pay for.
+    let xfs = sys::is_xfs(content);
     if xfs {
         sys::write_back(content).map_err(|e| os(op, path, "sync_file_range", e))?;
     } else {

@@ -19,7 +19,7 @@ use rustix::io::Errno;
 
 pub use ioctl::{
     btrfs_defrag_range, btrfs_extent_refs, btrfs_subvolume_id, ext4_move_ext, ficlonerange,
-    fideduperange, fiemap, fs_shutdown, xfs_exchange_range, xfs_has_rmapbt, xfs_swapext,
+    fideduperange, fiemap, fs_shutdown, is_xfs, xfs_exchange_range, xfs_has_rmapbt, xfs_swapext,
     BtrfsExtentRef, Dedupe, RawExtent, ShutdownMode, BTRFS_DEFRAG_RANGE_START_IO, FIEMAP_FLAG_SYNC,
 };
 
