@@ -38,7 +38,10 @@ fs_test!(probe_matches_the_filesystem, |fs| {
     assert_eq!(std::fs::read_dir(fs.dir.path()).unwrap().count(), 0);
     // The statfs-free XFS test agrees with statfs, on a file and a directory.
     let f = fs.file_with("f", b"x");
-    for fd in [f.try_clone().unwrap(), std::fs::File::open(fs.dir.path()).unwrap()] {
+    for fd in [
+        f.try_clone().unwrap(),
+        std::fs::File::open(fs.dir.path()).unwrap(),
+    ] {
         assert_eq!(budge::sys::is_xfs(&fd), fs.kind == "xfs");
         assert_eq!(
             budge::sys::fs_info(&fd).unwrap().kind == budge::sys::FsKind::Xfs,

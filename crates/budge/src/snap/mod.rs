@@ -95,7 +95,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub use publish::cleanup;
-use publish::{dir_of, publish, Expect};
+use publish::{dir_of, publish, publish_clone, Expect};
 
 pub use crate::copy::Progress;
 use crate::copy::{copy_file, CopyOptions};
@@ -759,7 +759,11 @@ impl SnapshotMut {
         };
         let r = clone_or_copy(&self.file, &content, self.len, &copy_opts)
             .map_err(|e| private_copy_failed(e, op, &self.path))?;
-        let (id, replaced) = publish(op, &content, &self.path, self.expected())?;
+        let (id, replaced) = if r.strategy == Strategy::Reflink {
+            publish_clone(op, &content, &self.path, self.expected())?
+        } else {
+            publish(op, &content, &self.path, self.expected())?
+        };
         self.expect = Expect::Version(id);
         Ok(CommitReport {
             strategy: if self.len == 0 {
@@ -840,7 +844,12 @@ pub fn snapshot_to(
         Expect::Absent
     };
     let start = Instant::now();
-    publish(op, &file, &dest, expect).map_err(|e| match e.kind() {
+    let published = if report.strategy == Strategy::Reflink {
+        publish_clone(op, &file, &dest, expect)
+    } else {
+        publish(op, &file, &dest, expect)
+    };
+    published.map_err(|e| match e.kind() {
         ErrorKind::Conflict => Error::new(ErrorKind::Conflict, op)
             .with_path(&dest)
             .with_hint("the destination exists; pass overwrite to replace it"),

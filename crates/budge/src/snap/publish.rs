@@ -11,14 +11,28 @@
 //!    file the path names, and, if asked, that it is the version the
 //!    snapshot was taken from;
 //! 2. gives the new file the old one's mode, owner and extended attributes;
-//! 3. `fsync`s it (data, size and metadata); on XFS only writes its data
-//!    back, and step 6's journal commit makes the rest durable (XFS logs
-//!    every metadata change in one ordered log; see `publish`);
+//! 3. `fsync`s it (data, size and metadata), except where step 6 covers
+//!    it (below);
 //! 4. links it under the temporary name `.NAME.budge-commit` in the same
 //!    directory, holding a `flock` on it;
 //! 5. `rename`s that over the path (atomic: an opener sees the whole old or
 //!    the whole new file);
-//! 6. `fsync`s the directory (the rename is durable).
+//! 6. makes the rename durable: `fsync` of the directory, or on btrfs, for
+//!    content made only by a clone, `fsync` of the new file.
+//!
+//! One journal commit instead of two where the filesystem allows it:
+//! - XFS logs every metadata change in one ordered log: step 3 only writes
+//!   the data back, and the directory's `fsync` in step 6 forces the log up
+//!   to the rename, so with it every earlier change to the content (block
+//!   allocations, size, clone remaps, owner, mode, xattrs, the link).
+//! - btrfs, content that is a fresh clone ([`publish_clone`]): the clone
+//!   flushed the source's data and its extents are in the running
+//!   transaction, so step 3 has nothing to write. Step 6 `fsync`s the new
+//!   file, which logs its extents and its new name (and the replaced
+//!   entry); a transaction commit between 5 and 6 holds the clone and the
+//!   rename together. A directory `fsync` alone would not do: it logs the
+//!   name, not the file's extents (measured: the path then reads as an
+//!   empty file after a crash).
 //!
 //! A crash before 4 leaves nothing (the kernel frees unnamed files); between
 //! 4 and 5 a complete temporary file that nobody holds locked, which
@@ -185,6 +199,41 @@ pub(crate) fn publish(
     path: &Path,
     expect: Expect,
 ) -> Result<(Identity, bool)> {
+    publish_as(op, content, path, expect, false)
+}
+
+/// [`publish`] for content made only by cloning a whole file
+/// (`FICLONE`) into a new unnamed file, with no write since: on btrfs one
+/// `fsync` after the rename makes it durable (module docs).
+pub(crate) fn publish_clone(
+    op: &str,
+    content: &File,
+    path: &Path,
+    expect: Expect,
+) -> Result<(Identity, bool)> {
+    publish_as(op, content, path, expect, true)
+}
+
+/// How step 6 makes a publish durable.
+#[derive(Copy, Clone, PartialEq, Eq)]
+enum Durable {
+    /// Data written back before the rename, then the directory's `fsync`
+    /// (XFS).
+    DirLog,
+    /// Nothing before the rename, then `fsync` of the new file (btrfs,
+    /// fresh clones).
+    FileAfter,
+    /// `fsync` of the new file before the rename, the directory's after.
+    Both,
+}
+
+fn publish_as(
+    op: &str,
+    content: &File,
+    path: &Path,
+    expect: Expect,
+    only_cloned: bool,
+) -> Result<(Identity, bool)> {
     let dir = dir_of(path);
     let current = lock_current(op, path)?;
     let now = match &current {
@@ -227,20 +276,25 @@ pub(crate) fn publish(
         Some(f) => copy_metadata(op, path, f, content)?,
         None => meta::fchmod(content, 0o666 & !umask()).map_err(|e| os(op, path, "fchmod", e))?,
     }
-    // On XFS one journal commit makes the whole publish durable: XFS logs
-    // every metadata change in one ordered log, and the directory's fsync
-    // after the rename forces it up to the rename, so with it every earlier
-    // change to `content` (block allocations, size, clone remaps, owner,
-    // mode, xattrs, the link). Its data only has to be written by then: the
-    // log write that follows flushes the device cache first. Elsewhere,
-    // fsync the content before naming it.
-    // Not `fstatfs`: on XFS it runs the deferred inactivation of earlier
-    // inodes, which this commit's journal commit would then pay for.
-    let xfs = sys::is_xfs(content);
-    if xfs {
-        sys::write_back(content).map_err(|e| os(op, path, "sync_file_range", e))?;
+    // One journal commit where the filesystem allows it (module docs). XFS
+    // is asked by its geometry ioctl, not `fstatfs`: XFS's statfs runs the
+    // deferred inactivation of earlier inodes, which this commit's journal
+    // commit would then pay for.
+    let durable = if sys::is_xfs(content) {
+        Durable::DirLog
+    } else if only_cloned && sys::fs_info(content).is_ok_and(|i| i.kind == sys::FsKind::Btrfs) {
+        Durable::FileAfter
     } else {
-        sys::fsync(content).map_err(|e| os(op, path, "fsync", e))?;
+        Durable::Both
+    };
+    match durable {
+        // The data only has to be written by the log force: the log write
+        // flushes the device cache first.
+        Durable::DirLog => {
+            sys::write_back(content).map_err(|e| os(op, path, "sync_file_range", e))?;
+        }
+        Durable::FileAfter => {}
+        Durable::Both => sys::fsync(content).map_err(|e| os(op, path, "fsync", e))?,
     }
     let temp = temp_name(path).ok_or_else(|| {
         Error::new(ErrorKind::InvalidArgument, op.to_string())
@@ -274,8 +328,13 @@ pub(crate) fn publish(
         let _ = std::fs::remove_file(&temp);
         return Err(os(op, path, "rename", e));
     }
-    let d = File::open(&dir).map_err(|e| os(op, &dir, "open directory", e))?;
-    sys::fsync(&d).map_err(|e| os(op, &dir, "fsync directory", e))?;
+    fail::fail_point!("budge::snap::after-rename");
+    if durable == Durable::FileAfter {
+        sys::fsync(content).map_err(|e| os(op, path, "fsync", e))?;
+    } else {
+        let d = File::open(&dir).map_err(|e| os(op, &dir, "open directory", e))?;
+        sys::fsync(&d).map_err(|e| os(op, &dir, "fsync directory", e))?;
+    }
     drop(current);
     // The temporary name is gone: drop its lock now rather than at close,
     // which a child forked meanwhile by another thread would delay until it

@@ -148,6 +148,68 @@ impl LoopFs {
     pub fn path(&self) -> &Path {
         &self.mnt
     }
+
+    /// Copies the device as it is at this instant to `to`: a power cut
+    /// that keeps every write the device completed and none it did not.
+    /// Waits until the device is idle (no request in flight) and takes the
+    /// copy only if no write or discard completed or started meanwhile
+    /// (`/sys/block/loopN/stat` before and after); retries otherwise.
+    /// For filesystems without `FS_IOC_SHUTDOWN` (btrfs): the crash
+    /// happens in the image, the live filesystem goes on.
+    pub fn capture(&self, to: &Path) -> Result<(), String> {
+        capture_device(&self.dev, &self.image, to)
+    }
+
+    /// Replaces this filesystem by a captured image ([`LoopFs::capture`]):
+    /// unmounts, attaches `image` in place of the old one (which is
+    /// deleted) and mounts it, which recovers it as after a power cut.
+    pub fn boot_from(&mut self, image: &Path) -> Result<(), String> {
+        self.umount()?;
+        run("losetup", &["-d", &self.dev])?;
+        self.dev.clear();
+        let _ = std::fs::remove_file(&self.image);
+        std::fs::rename(image, &self.image)
+            .map_err(|e| format!("{} -> {}: {e}", image.display(), self.image.display()))?;
+        let img = self.image.to_str().unwrap().to_string();
+        self.dev = run("losetup", &["--find", "--show", &img])?;
+        self.mount()
+    }
+}
+
+/// Writes, discards and requests in flight of a block device, from
+/// `/sys/block/NAME/stat` (write I/Os, write sectors, in flight, discard
+/// I/Os).
+fn device_activity(dev: &str) -> Result<[u64; 4], String> {
+    let name = dev.rsplit('/').next().unwrap_or(dev);
+    let p = format!("/sys/block/{name}/stat");
+    let s = std::fs::read_to_string(&p).map_err(|e| format!("{p}: {e}"))?;
+    let f: Vec<u64> = s
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    if f.len() < 12 {
+        return Err(format!("{p}: {} fields", f.len()));
+    }
+    Ok([f[4], f[6], f[8], f[11]])
+}
+
+/// See [`LoopFs::capture`].
+pub fn capture_device(dev: &str, image: &Path, to: &Path) -> Result<(), String> {
+    let img = image.to_str().unwrap();
+    let dst = to.to_str().unwrap();
+    for _ in 0..500 {
+        let before = device_activity(dev)?;
+        if before[2] != 0 {
+            std::thread::sleep(Duration::from_millis(2));
+            continue;
+        }
+        let _ = std::fs::remove_file(to);
+        run("cp", &["--sparse=always", img, dst])?;
+        if device_activity(dev)? == before {
+            return Ok(());
+        }
+    }
+    Err(format!("{dev} never stayed idle for a copy of {img}"))
 }
 
 impl Drop for LoopFs {
