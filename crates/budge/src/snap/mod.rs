@@ -301,7 +301,6 @@ fn fill(
         let (before, _) = meta::identity(src).map_err(|e| os(op, path, "fstat", e))?;
         let r = clone_or_copy(src, dst, before.size, &copy_opts)
             .map_err(|e| private_copy_failed(e, op, path))?;
-        let (after, _) = meta::identity(src).map_err(|e| os(op, path, "fstat", e))?;
         report.attempts = attempt;
         report.strategy = if before.size == 0 {
             Strategy::Nothing
@@ -313,7 +312,10 @@ fn fill(
         // A clone is atomic against writers (the filesystem locks the file
         // for it), so it holds some version at least as new as `before`;
         // recording `before` can only make a later conflict check stricter.
-        if before == after || r.strategy == Strategy::Reflink {
+        // (No second `fstat` after a clone.)
+        if r.strategy == Strategy::Reflink
+            || meta::identity(src).map_err(|e| os(op, path, "fstat", e))?.0 == before
+        {
             if r.strategy.copies_data() && report.note.is_none() && opts.strategy.is_none() {
                 report.note = Some(format!(
                     "the filesystem cannot reflink here: {} copied",
@@ -380,7 +382,8 @@ fn private_copy_failed(e: Error, op: &str, path: &Path) -> Error {
     ))
 }
 
-fn open_source(op: &str, path: &Path) -> Result<File> {
+/// Opens the file to snapshot; also says whether it is a budge store.
+fn open_source(op: &str, path: &Path) -> Result<(File, bool)> {
     let f = File::open(path).map_err(|e| {
         let kind = crate::error::kind_of(&e);
         os(op, path, "open", e).with_kind(kind)
@@ -394,16 +397,17 @@ fn open_source(op: &str, path: &Path) -> Result<File> {
     // A budge store: take a reader's lock (released when `f` is closed,
     // after the copy) so the copy never catches a region move half-way.
     let mut magic = [0u8; 8];
-    if std::os::unix::fs::FileExt::read_exact_at(&f, &mut magic, 0).is_ok()
-        && crate::store::format::has_magic(&magic)
-    {
+    let store = std::os::unix::fs::FileExt::read_exact_at(&f, &mut magic, 0).is_ok()
+        && crate::store::format::has_magic(&magic);
+    if store {
         sys::lock::ofd_lock(&f, 0, 1, sys::lock::LockKind::Shared, true)
             .map_err(|e| os(op, path, "fcntl(F_OFD_SETLKW)", e))?;
     }
-    Ok(f)
+    Ok((f, store))
 }
 
-/// Makes a private, consistent copy of `src` for a snapshot in `dir`.
+/// Makes a private, consistent copy of `src` for a snapshot in `dir`;
+/// `store`: `src` is a budge store.
 pub(crate) fn private_copy(
     op: &str,
     path: &Path,
@@ -411,15 +415,18 @@ pub(crate) fn private_copy(
     dir: &Path,
     opts: &SnapOptions<'_>,
     memory_ok: bool,
+    store: bool,
 ) -> Result<(File, Identity, SnapReport)> {
     let start = Instant::now();
     let (file, backing, note) = private_file(op, path, dir, opts.in_memory, memory_ok)?;
     let mut report = SnapReport::empty(backing, note);
     let id = fill(op, path, src, &file, opts, &mut report)?;
     // A budge store's commit record belongs to its table: the copy carries
-    // it (one `fgetxattr` for any other file).
-    if let Ok(Some(v)) = sys::meta::xattr_get_opt(src, crate::store::format::RECORD_XATTR) {
-        let _ = sys::meta::xattr_set(&file, crate::store::format::RECORD_XATTR, &v);
+    // it.
+    if store {
+        if let Ok(Some(v)) = sys::meta::xattr_get_opt(src, crate::store::format::RECORD_XATTR) {
+            let _ = sys::meta::xattr_set(&file, crate::store::format::RECORD_XATTR, &v);
+        }
     }
     report.elapsed = start.elapsed();
     Ok((file, id, report))
@@ -480,8 +487,9 @@ impl Snapshot {
     pub fn open_with(path: impl AsRef<Path>, opts: &SnapOptions<'_>) -> Result<Snapshot> {
         let path = path.as_ref();
         let op = "snapshot";
-        let src = open_source(op, path)?;
-        let (file, version, report) = private_copy(op, path, &src, &dir_of(path), opts, true)?;
+        let (src, store) = open_source(op, path)?;
+        let (file, version, report) =
+            private_copy(op, path, &src, &dir_of(path), opts, true, store)?;
         if report.backing == Backing::Memory {
             meta::seal_readonly(&file).map_err(|e| os(op, path, "fcntl(F_ADD_SEALS)", e))?;
         }
@@ -592,9 +600,9 @@ impl SnapshotMut {
         let path = target_of(path.as_ref());
         let op = "snapshot for writing";
         let cleaned = cleanup(&path)?;
-        let src = open_source(op, &path)?;
+        let (src, store) = open_source(op, &path)?;
         let (file, version, mut report) =
-            private_copy(op, &path, &src, &dir_of(&path), opts, true)?;
+            private_copy(op, &path, &src, &dir_of(&path), opts, true, store)?;
         report.cleaned = cleaned;
         let map = map_private(op, &path, &file, version.size, true)?;
         Ok(SnapshotMut {
@@ -835,8 +843,8 @@ pub fn snapshot_to(
     let (src, dest) = (src.as_ref(), target_of(dest.as_ref()));
     let op = "snapshot to a file";
     let cleaned = cleanup(&dest)?;
-    let from = open_source(op, src)?;
-    let (file, _, mut report) = private_copy(op, src, &from, &dir_of(&dest), opts, false)?;
+    let (from, store) = open_source(op, src)?;
+    let (file, _, mut report) = private_copy(op, src, &from, &dir_of(&dest), opts, false, store)?;
     report.cleaned = cleaned;
     let expect = if overwrite {
         Expect::Anything

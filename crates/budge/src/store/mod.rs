@@ -428,7 +428,7 @@ impl Store {
             _ => PathBuf::from("."),
         };
         let (private, _, report) =
-            crate::snap::private_copy(op, path, &file, &dir, &snap_opts, true)?;
+            crate::snap::private_copy(op, path, &file, &dir, &snap_opts, true, true)?;
         drop(file);
         // The copy has no commit record: it gets the table read here.
         Store::from_file(path, private, opts, false, Some((report, found)))
