@@ -416,3 +416,34 @@ fs_test!(copies_report_progress, |fs: &TestFs| {
         assert_eq!(done.load(Ordering::Relaxed), d.len() as u64, "{strategy}");
     }
 });
+
+/// Descriptors of this process open on a deleted `path` (a replaced
+/// version still held).
+fn held_deleted(path: &std::path::Path) -> usize {
+    let want = format!("{} (deleted)", path.display());
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|t| t.to_string_lossy() == want)
+        .count()
+}
+
+fs_test!(a_commit_keeps_at_most_one_replaced_file_open, |fs| {
+    let path = fs.path("f");
+    std::fs::write(&path, data(64 << 10, 1)).unwrap();
+    let mut m = SnapshotMut::open(&path).unwrap();
+    m[0] = 1;
+    m.commit().unwrap();
+    // Where the commit cloned, the replaced file is closed later, not in
+    // the commit; a copying commit closes it at once.
+    let reflinks = m.report().strategy == Strategy::Reflink;
+    assert_eq!(held_deleted(&path), usize::from(reflinks), "{}", fs.kind);
+    for i in 2..5 {
+        m[0] = i;
+        m.commit().unwrap();
+        assert_eq!(held_deleted(&path), usize::from(reflinks), "{}", fs.kind);
+    }
+    drop(m);
+    assert_eq!(held_deleted(&path), 0, "{}", fs.kind);
+    assert_eq!(std::fs::read(&path).unwrap()[0], 4);
+});

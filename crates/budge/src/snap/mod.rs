@@ -579,6 +579,10 @@ pub struct SnapshotMut {
     opts_policy: Policy,
     on_conflict: OnConflict,
     report: SnapReport,
+    /// The file the last `commit` replaced, closed at the next commit or
+    /// when the snapshot is dropped rather than inside the commit (see
+    /// [`SnapshotMut::commit`]).
+    retired: Option<File>,
 }
 
 impl SnapshotMut {
@@ -614,6 +618,7 @@ impl SnapshotMut {
             opts_policy: opts.policy,
             on_conflict: opts.on_conflict,
             report,
+            retired: None,
         })
     }
 
@@ -650,6 +655,7 @@ impl SnapshotMut {
                 elapsed: start.elapsed(),
                 ..SnapReport::empty(backing, note)
             },
+            retired: None,
         })
     }
 
@@ -746,6 +752,14 @@ impl SnapshotMut {
     /// commits conflict-check against this version. O(1) where the
     /// filesystem reflinks, a copy otherwise.
     ///
+    /// Where it reflinks, the file the commit replaced stays open until the
+    /// next commit or until the snapshot is dropped: closing the last
+    /// descriptor of a replaced file frees it (btrfs drops its extents
+    /// there and then; XFS may wait for its inode reclaim queue), up to a
+    /// millisecond that is garbage collection, not part of making the
+    /// commit durable. Its space (the blocks it no longer shares) comes
+    /// back then.
+    ///
     /// # Errors
     /// `Conflict` (with [`OnConflict::Refuse`]) if the file changed; `Io`
     /// when the directory is not writable or a step fails (the path then
@@ -768,7 +782,12 @@ impl SnapshotMut {
         let r = clone_or_copy(&self.file, &content, self.len, &copy_opts)
             .map_err(|e| private_copy_failed(e, op, &self.path))?;
         let (id, replaced) = if r.strategy == Strategy::Reflink {
-            publish_clone(op, &content, &self.path, self.expected())?
+            let (id, old) = publish_clone(op, &content, &self.path, self.expected())?;
+            let replaced = old.is_some();
+            // The previous commit's replaced file is closed here, after
+            // this commit is durable; this one's at the next commit or drop.
+            drop(std::mem::replace(&mut self.retired, old));
+            (id, replaced)
         } else {
             publish(op, &content, &self.path, self.expected())?
         };
@@ -853,7 +872,7 @@ pub fn snapshot_to(
     };
     let start = Instant::now();
     let published = if report.strategy == Strategy::Reflink {
-        publish_clone(op, &file, &dest, expect)
+        publish_clone(op, &file, &dest, expect).map(|(id, old)| (id, old.is_some()))
     } else {
         publish(op, &file, &dest, expect)
     };

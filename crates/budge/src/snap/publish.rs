@@ -199,18 +199,22 @@ pub(crate) fn publish(
     path: &Path,
     expect: Expect,
 ) -> Result<(Identity, bool)> {
-    publish_as(op, content, path, expect, false)
+    publish_as(op, content, path, expect, false).map(|(id, old)| (id, old.is_some()))
 }
 
 /// [`publish`] for content made only by cloning a whole file
 /// (`FICLONE`) into a new unnamed file, with no write since: on btrfs one
-/// `fsync` after the rename makes it durable (module docs).
+/// `fsync` after the rename makes it durable (module docs). Returns the
+/// replaced file, still open and unlocked, for the caller to close later:
+/// closing the last descriptor of a replaced file frees it (btrfs drops its
+/// extents right there; XFS may wait for its inode reclaim queue), which
+/// then need not be in the commit's latency.
 pub(crate) fn publish_clone(
     op: &str,
     content: &File,
     path: &Path,
     expect: Expect,
-) -> Result<(Identity, bool)> {
+) -> Result<(Identity, Option<File>)> {
     publish_as(op, content, path, expect, true)
 }
 
@@ -233,7 +237,7 @@ fn publish_as(
     path: &Path,
     expect: Expect,
     only_cloned: bool,
-) -> Result<(Identity, bool)> {
+) -> Result<(Identity, Option<File>)> {
     let dir = dir_of(path);
     let current = lock_current(op, path)?;
     let now = match &current {
@@ -335,13 +339,16 @@ fn publish_as(
         let d = File::open(&dir).map_err(|e| os(op, &dir, "open directory", e))?;
         sys::fsync(&d).map_err(|e| os(op, &dir, "fsync directory", e))?;
     }
-    drop(current);
     // The temporary name is gone: drop its lock now rather than at close,
     // which a child forked meanwhile by another thread would delay until it
-    // execs (it holds a duplicate of the descriptor).
+    // execs (it holds a duplicate of the descriptor). Likewise the old
+    // file's, whose descriptor goes back to the caller.
+    if let Some(f) = &current {
+        let _ = sys::unlock(f);
+    }
     let _ = sys::unlock(content);
     let (id, _) = meta::identity(content).map_err(|e| os(op, path, "fstat", e))?;
-    Ok((id, now.is_some()))
+    Ok((id, current))
 }
 
 fn conflict(op: &str, path: &Path, what: &str) -> Error {
