@@ -500,7 +500,7 @@ fn run_once(c: &mut Ctx, s: &mut Series, run: usize) {
         }
     }
 
-    // Read-only open in a new process (budge probes the filesystem first).
+    // Read-only open in a new process (nothing cached in the process).
     for &imp in &order2 {
         c.prepare();
         let o = Command::new(std::env::current_exe().unwrap())
@@ -1311,7 +1311,7 @@ fn behaviours(label: &str, base: &Path) -> Vec<Row> {
             durability(base, imp, "close")
         });
         add(
-            "7c. sync calls of a read-only open, the first in a new process (budge probes the filesystem)",
+            "7c. sync calls of a read-only open, the first in a new process",
             &mut |imp| durability(base, imp, "open"),
         );
     }

@@ -389,6 +389,76 @@ fn errors_name_file_and_operation() {
     assert!(e.to_string().contains("not a regular file"), "{e}");
 }
 
+// A copy that sees the file change under it starts again in an emptied
+// file: the second copy's holes must not show the first copy's data, and
+// its size is the file's new size. A file that changes during every copy
+// is a conflict, and the error says so.
+#[cfg(feature = "failpoints")]
+fs_test!(a_copy_retried_after_a_change_starts_empty, |fs: &TestFs| {
+    use std::os::unix::fs::FileExt;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+    const MIB: usize = 1 << 20;
+    let _scenario = fail::FailScenario::setup();
+    let path = fs.path("changing");
+    let me = std::thread::current().id();
+    // How many more copies the callback spoils.
+    let spoil = Arc::new(AtomicU32::new(0));
+    let (spoil2, p2) = (spoil.clone(), path.clone());
+    let newer = data(MIB, 41);
+    let newer2 = newer.clone();
+    fail::cfg_callback("budge::snap::after-copy", move || {
+        if std::thread::current().id() != me || spoil2.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        spoil2.fetch_sub(1, Ordering::SeqCst);
+        // 3 MiB: data, a hole, data (the first copy had data in the hole).
+        let f = std::fs::File::options().write(true).open(&p2).unwrap();
+        f.set_len(0).unwrap();
+        f.set_len(3 * MIB as u64).unwrap();
+        f.write_all_at(&newer2, 0).unwrap();
+        f.write_all_at(&newer2, 2 * MIB as u64).unwrap();
+    })
+    .unwrap();
+    let mut want = newer.clone();
+    want.resize(2 * MIB, 0);
+    want.extend_from_slice(&newer);
+    let variants = [
+        (Some(Strategy::KernelCopy), false),
+        (Some(Strategy::UserCopy), false),
+        (None, true),
+    ];
+    for (strategy, in_memory) in variants {
+        let what = format!("{strategy:?} in memory {in_memory}");
+        let opts = SnapOptions {
+            strategy,
+            in_memory,
+            ..SnapOptions::default()
+        };
+        std::fs::write(&path, data(4 * MIB, 40)).unwrap();
+        spoil.store(1, Ordering::SeqCst);
+        let s = Snapshot::open_with(&path, &opts).unwrap();
+        assert_eq!(s.report().attempts, 2, "{what}");
+        assert_eq!(s.len(), want.len(), "{what}");
+        assert!(
+            s[..] == want[..],
+            "{what}: the retried copy is not the new file"
+        );
+        drop(s);
+
+        std::fs::write(&path, data(4 * MIB, 42)).unwrap();
+        spoil.store(u32::MAX, Ordering::SeqCst);
+        let e = SnapshotMut::open_with(&path, &opts).unwrap_err();
+        spoil.store(0, Ordering::SeqCst);
+        assert_eq!(e.kind(), ErrorKind::Conflict, "{what}: {e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("changed during each of") && msg.contains("changing"),
+            "{what}: {msg}"
+        );
+    }
+});
+
 fs_test!(copies_report_progress, |fs: &TestFs| {
     use std::sync::atomic::{AtomicU64, Ordering};
     let path = fs.path("p");

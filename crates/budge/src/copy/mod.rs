@@ -342,6 +342,92 @@ pub fn copy_file(src: &File, dst: &File, opts: &CopyOptions<'_>) -> Result<CopyR
     copy_range(src, 0, dst, 0, si.size, opts)
 }
 
+/// Copies the first `size` bytes of `src` into `dst`, a new empty file the
+/// caller just made, keeping holes: `copy_file_range` per data segment
+/// (SEEK_DATA), falling back to `pread`/`pwrite` where the kernel refuses
+/// it (across filesystems, or a filesystem without it). No capability probe
+/// and no descriptor checks: the probe costs tens of milliseconds on its
+/// first use in a process, as much as copying a 100 MiB file, and the
+/// caller vouches for both descriptors. For a snapshot's private copy.
+pub(crate) fn copy_into_new(
+    src: &File,
+    dst: &File,
+    size: u64,
+    opts: &CopyOptions<'_>,
+) -> Result<CopyReport> {
+    let op = "copy file";
+    let mut engine = match opts.strategy {
+        None | Some(Strategy::KernelCopy) => Engine::Kernel,
+        Some(Strategy::UserCopy) => Engine::User,
+        Some(s) => {
+            return Err(Error::new(ErrorKind::Unsupported, op)
+                .with_hint(format!("strategy {s} does not apply to copies")))
+        }
+    };
+    let mut report = CopyReport::nothing();
+    for s in data_map_in(src, 0, size)? {
+        if s.kind == SegmentKind::Hole {
+            report.hole_bytes += s.len;
+            continue;
+        }
+        let progress = |k: u64, _: u64| {
+            if let Some(p) = opts.progress {
+                p(s.offset + k, size);
+            }
+        };
+        let run = |engine| {
+            engine::move_bytes(
+                engine,
+                (src, s.offset),
+                (dst, s.offset),
+                s.len,
+                false,
+                Some(&progress),
+            )
+        };
+        let moved = match run(engine) {
+            Err(p) if engine == Engine::Kernel && kernel_refused(&p, report.bytes_copied) => {
+                if opts.strategy.is_some() {
+                    return Err(Error::os(op, p.call, p.err)
+                        .with_kind(ErrorKind::Unsupported)
+                        .with_hint("copy_file_range does not work between these files"));
+                }
+                // The whole segment again, through user space: rewriting
+                // what the kernel may have copied of it is harmless.
+                engine = Engine::User;
+                run(engine)
+            }
+            r => r,
+        };
+        moved.map_err(|p| partial(op, s.offset, s.len, p))?;
+        report.bytes_copied += s.len;
+    }
+    report.strategy = match engine {
+        Engine::Kernel => Strategy::KernelCopy,
+        Engine::User => Strategy::UserCopy,
+    };
+    sys::ftruncate(dst, size).map_err(|e| Error::os(op, "ftruncate", e))?;
+    if let Some(p) = opts.progress {
+        p(size, size);
+    }
+    Ok(report)
+}
+
+/// Whether `copy_file_range` failed because it cannot copy between these
+/// files (EXDEV, EOPNOTSUPP, ENOSYS; EINVAL on the very first call) rather
+/// than for a reason a user-space copy would meet too.
+fn kernel_refused(p: &engine::Partial, copied: u64) -> bool {
+    use rustix::io::Errno;
+    let first = p.done == 0 && copied == 0;
+    match Errno::from_io_error(&p.err) {
+        Some(e) => {
+            [Errno::XDEV, Errno::OPNOTSUPP, Errno::NOSYS].contains(&e)
+                || (first && e == Errno::INVAL)
+        }
+        None => false,
+    }
+}
+
 /// Deallocates `[offset, offset+len)` (`FALLOC_FL_PUNCH_HOLE`): it reads as
 /// zeros and the size is unchanged. The range is clipped to EOF.
 ///

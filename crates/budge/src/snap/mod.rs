@@ -97,8 +97,8 @@ use std::time::{Duration, Instant};
 pub use publish::cleanup;
 use publish::{dir_of, publish, publish_clone, Expect};
 
+use crate::copy::CopyOptions;
 pub use crate::copy::Progress;
-use crate::copy::{copy_file, CopyOptions};
 use crate::error::{Error, ErrorKind, Result};
 use crate::map::SharedMap;
 use crate::range::fmt_size;
@@ -299,8 +299,13 @@ fn fill(
     };
     for attempt in 1..=COPY_ATTEMPTS {
         let (before, _) = meta::identity(src).map_err(|e| os(op, path, "fstat", e))?;
+        if attempt > 1 {
+            // The copy fills a new, empty file: empty it again.
+            sys::ftruncate(dst, 0).map_err(|e| os(op, path, "ftruncate", e))?;
+        }
         let r = clone_or_copy(src, dst, before.size, &copy_opts)
             .map_err(|e| private_copy_failed(e, op, path))?;
+        fail::fail_point!("budge::snap::after-copy");
         report.attempts = attempt;
         report.strategy = if before.size == 0 {
             Strategy::Nothing
@@ -332,11 +337,11 @@ fn fill(
         )))
 }
 
-/// FICLONE tried directly, then the sparse copy. No capability probe (a
-/// probe costs ~100 ms and fsyncs on its first use in a process), and none
-/// of the copy layer's descriptor checks (four syscalls): `src` was just
-/// opened for reading and checked regular, and `dst` is the snapshot's own
-/// new file. `size` is `src`'s size, for the report.
+/// FICLONE tried directly, then the sparse copy into the new file. No
+/// capability probe (a probe costs ~50 ms and fsyncs on its first use in a
+/// process), and none of the copy layer's descriptor checks (four
+/// syscalls): `src` was just opened for reading and checked regular, and
+/// `dst` is the snapshot's own new, empty file. `size` is `src`'s size.
 fn clone_or_copy(
     src: &File,
     dst: &File,
@@ -364,7 +369,7 @@ fn clone_or_copy(
             Err(_) => {}
         }
     }
-    copy_file(src, dst, opts)
+    crate::copy::copy_into_new(src, dst, size, opts)
 }
 
 /// A copy into a private unnamed file failed: say so, since the copy
