@@ -377,7 +377,10 @@ fn plan(
 /// pieces unshares nothing another file sees, so on btrfs each flagged
 /// extent's references are listed (`BTRFS_IOC_LOGICAL_INO_V2`, which needs
 /// `CAP_SYS_ADMIN`) and it counts as shared only if one is from another
-/// inode or subvolume. Elsewhere, or when the listing fails, every flagged
+/// inode or subvolume. The listing sees only committed transactions: an
+/// extent the running transaction made answers `ENOENT`, and then btrfs is
+/// made to commit (once per call; a few milliseconds, no file data written)
+/// and asked again. Elsewhere, or when the listing fails, every flagged
 /// extent counts as shared.
 fn shared_check(file: &File, kind: FsKind) -> impl Fn(&Extent) -> bool + '_ {
     let me = (kind == FsKind::Btrfs)
@@ -392,6 +395,7 @@ fn shared_check(file: &File, kind: FsKind) -> impl Fn(&Extent) -> bool + '_ {
     // an extent (a file shifted 1,000 times holds hundreds of pieces of one
     // extent), so each extent is listed once.
     let mine_only = std::cell::RefCell::new(std::collections::HashSet::new());
+    let committed = std::cell::Cell::new(false);
     move |e: &Extent| {
         let Some((ino, root)) = me else {
             return true;
@@ -399,7 +403,20 @@ fn shared_check(file: &File, kind: FsKind) -> impl Fn(&Extent) -> bool + '_ {
         if mine_only.borrow().contains(&e.logical) {
             return false;
         }
-        match sys::btrfs_extent_refs(file, e.physical) {
+        let refs = match sys::btrfs_extent_refs(file, e.physical) {
+            // An extent written or cloned in the running transaction has
+            // no extent item yet (its references are delayed refs, which
+            // the listing does not see): commit once, then ask again.
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) && !committed.get() => {
+                committed.set(true);
+                match sys::btrfs_commit_transaction(file) {
+                    Ok(()) => sys::btrfs_extent_refs(file, e.physical),
+                    Err(_) => Err(err),
+                }
+            }
+            r => r,
+        };
+        match refs {
             Ok((refs, true))
                 if !refs.is_empty() && refs.iter().all(|r| r.inode == ino && r.root == root) =>
             {

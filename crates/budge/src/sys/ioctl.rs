@@ -514,6 +514,39 @@ pub fn btrfs_extent_refs<Fd: AsFd>(
     }
 }
 
+const BTRFS_IOC_START_SYNC: Opcode = opcode::read::<u64>(0x94, 24);
+const BTRFS_IOC_WAIT_SYNC: Opcode = opcode::write::<u64>(0x94, 22);
+
+/// Commits btrfs's running transaction and waits until it is on disk
+/// (`BTRFS_IOC_START_SYNC`, then `BTRFS_IOC_WAIT_SYNC` on its id). Unlike
+/// `syncfs` it writes back no file data. Until a transaction commits, the
+/// extents it wrote or cloned have no items in the extent tree, so
+/// [`btrfs_extent_refs`] answers `ENOENT` for them. `fd` is any file on the
+/// filesystem.
+///
+/// # Errors
+/// `ENOTTY` outside btrfs; `EIO` if the commit failed.
+///
+/// # References
+/// - `fs/btrfs/ioctl.c`, `btrfs_ioctl_start_sync()` and
+///   `btrfs_ioctl_wait_sync()` in the Linux sources
+#[doc(alias = "BTRFS_IOC_START_SYNC")]
+pub fn btrfs_commit_transaction<Fd: AsFd>(fd: Fd) -> io::Result<()> {
+    let fd = fd.as_fd();
+    // SAFETY: BTRFS_IOC_START_SYNC writes one `__u64` (the transaction's
+    // id) through its argument, which `Getter` provides and returns.
+    let transid = unsafe {
+        ioctl(
+            fd,
+            rustix::ioctl::Getter::<BTRFS_IOC_START_SYNC, u64>::new(),
+        )
+    }?;
+    // SAFETY: BTRFS_IOC_WAIT_SYNC reads one `__u64` through its argument,
+    // which `Setter` points at for the duration of the call.
+    unsafe { ioctl(fd, Setter::<BTRFS_IOC_WAIT_SYNC, u64>::new(transid)) }?;
+    Ok(())
+}
+
 /// `struct xfs_exchange_range` from `<xfs/xfs_fs.h>` (Linux 6.10+).
 #[repr(C)]
 struct XfsExchangeRange {

@@ -18,9 +18,10 @@ use rustix::fs::{FallocateFlags, Mode, OFlags, SeekFrom};
 use rustix::io::Errno;
 
 pub use ioctl::{
-    btrfs_defrag_range, btrfs_extent_refs, btrfs_subvolume_id, ext4_move_ext, ficlonerange,
-    fideduperange, fiemap, fs_shutdown, is_xfs, xfs_exchange_range, xfs_has_rmapbt, xfs_swapext,
-    BtrfsExtentRef, Dedupe, RawExtent, ShutdownMode, BTRFS_DEFRAG_RANGE_START_IO, FIEMAP_FLAG_SYNC,
+    btrfs_commit_transaction, btrfs_defrag_range, btrfs_extent_refs, btrfs_subvolume_id,
+    ext4_move_ext, ficlonerange, fideduperange, fiemap, fs_shutdown, is_xfs, xfs_exchange_range,
+    xfs_has_rmapbt, xfs_swapext, BtrfsExtentRef, Dedupe, RawExtent, ShutdownMode,
+    BTRFS_DEFRAG_RANGE_START_IO, FIEMAP_FLAG_SYNC,
 };
 
 /// The `fallocate(2)` modes budge uses.
