@@ -163,6 +163,43 @@ fs_test!(
     }
 );
 
+// A commit_and_close that fails hands the snapshot back with its changes:
+// refused on a conflict, the path keeps the other writer's version; the
+// same snapshot then overwrites it once told to.
+fs_test!(
+    a_failed_commit_and_close_hands_the_snapshot_back,
+    |fs: &TestFs| {
+        let path = fs.path("handback");
+        for in_memory in [false, true] {
+            let d = data(300_000, 12);
+            std::fs::write(&path, &d).unwrap();
+            let opts = SnapOptions {
+                on_conflict: OnConflict::Refuse,
+                in_memory,
+                ..SnapOptions::default()
+            };
+            let mut m = SnapshotMut::open_with(&path, &opts).unwrap();
+            m[5000..9000].fill(0x5A);
+            let mut mine = d.clone();
+            mine[5000..9000].fill(0x5A);
+            let theirs = data(123_456, 13);
+            std::fs::write(&path, &theirs).unwrap();
+            let e = m.commit_and_close().unwrap_err();
+            assert_eq!(e.error.kind(), ErrorKind::Conflict, "{e}");
+            assert!(e.to_string().contains("handback"), "{e}");
+            assert!(std::fs::read(&path).unwrap() == theirs, "the path changed");
+            let mut m = e.snapshot;
+            assert!(m[..] == mine[..], "in memory {in_memory}: changes lost");
+            m.set_on_conflict(OnConflict::Overwrite);
+            m.commit_and_close().unwrap();
+            assert!(
+                std::fs::read(&path).unwrap() == mine,
+                "in memory {in_memory}"
+            );
+        }
+    }
+);
+
 fs_test!(commit_keeps_mode_owner_xattrs, |fs: &TestFs| {
     let path = fs.path("meta");
     std::fs::write(&path, data(70_000, 1)).unwrap();

@@ -176,7 +176,7 @@ fn snap_crash_worker() {
         );
         say(&format!("begin {v} {how}"));
         let r = if close {
-            m.commit_and_close()
+            m.commit_and_close().map_err(budge::Error::from)
         } else {
             let r = m.commit();
             cur = Some(m);
@@ -729,7 +729,7 @@ fn power_cut_round(
             if how == "commit" {
                 m.commit().map(|_| ())
             } else {
-                m.commit_and_close().map(|_| ())
+                m.commit_and_close().map(|_| ()).map_err(budge::Error::from)
             }
         }
     };

@@ -537,7 +537,7 @@ fn commit_stream(fs: &TestFs, hold: bool) {
             }
         );
         let r = if close {
-            m.commit_and_close()
+            m.commit_and_close().map_err(budge::Error::from)
         } else {
             let r = m.commit();
             cur = Some((m, on_conflict));
@@ -751,7 +751,7 @@ fs_test!(read_only_directory, |fs: &TestFs| {
             m.resize(3 << 20).unwrap();
             m[(3 << 20) - 1] = 1;
             let e = if close {
-                m.commit_and_close().unwrap_err()
+                m.commit_and_close().unwrap_err().error
             } else {
                 m.commit().unwrap_err()
             };
@@ -859,8 +859,13 @@ fn enospc(kind: &'static str) {
         assert_eq!(names_in(fs.dir.path()), names, "{kind}: stray files");
 
         // commit_and_close of the in-memory snapshot copies too.
-        let e = in_mem.commit_and_close().unwrap_err();
+        let (e, back) = in_mem.commit_and_close().unwrap_err().into_parts();
         assert_eq!(e.kind(), ErrorKind::NoSpace, "{kind}: {e}");
+        assert!(
+            back[..] == model[..],
+            "{kind}: the snapshot handed back lost its changes"
+        );
+        drop(back);
         assert!(
             std::fs::read(&path).unwrap() == committed,
             "{kind}: the file changed"

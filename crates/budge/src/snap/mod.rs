@@ -810,30 +810,94 @@ impl SnapshotMut {
         })
     }
 
+    /// Sets what later commits do when the file changed since the snapshot
+    /// was taken (or since its last commit): after a refused commit,
+    /// [`OnConflict::Overwrite`] publishes these changes over the other
+    /// writer's.
+    pub fn set_on_conflict(&mut self, on_conflict: OnConflict) {
+        self.on_conflict = on_conflict;
+    }
+
     /// Publishes the snapshot's own file at the path and closes the
     /// snapshot: O(1) on every filesystem (a copy only if the snapshot is
     /// in memory).
     ///
     /// # Errors
-    /// As for [`SnapshotMut::commit`]. The snapshot is consumed either way:
-    /// on an error (a conflict, say) its changes are gone, while the file
-    /// at the path is untouched. Where that matters, use
-    /// [`commit`](SnapshotMut::commit), which keeps the snapshot on error.
-    pub fn commit_and_close(mut self) -> Result<CommitReport> {
+    /// As for [`SnapshotMut::commit`], in a [`CloseError`] that hands the
+    /// snapshot back, still mapped and with every change: the file at the
+    /// path is untouched, and the changes can be committed again (say,
+    /// with [`OnConflict::Overwrite`] after a conflict), or to another
+    /// path with [`snapshot_to`], or dropped. `?` turns it into the
+    /// [`Error`] alone.
+    pub fn commit_and_close(mut self) -> std::result::Result<CommitReport, CloseError> {
         if self.report.backing == Backing::Memory {
-            return self.commit();
+            return self.commit().map_err(|error| CloseError {
+                error,
+                snapshot: Box::new(self),
+            });
         }
         let start = Instant::now();
         let op = "commit and close snapshot";
-        self.map = None;
-        let (_, replaced) = publish(op, &self.file, &self.path, self.expected())?;
-        Ok(CommitReport {
-            strategy: Strategy::Nothing,
-            bytes_copied: 0,
-            len: self.len,
-            replaced,
-            elapsed: start.elapsed(),
-        })
+        // The mapping stays until the publish succeeded: its dirty pages
+        // are in the page cache, which the publish's fsync writes back.
+        match publish(op, &self.file, &self.path, self.expected()) {
+            Ok((_, replaced)) => Ok(CommitReport {
+                strategy: Strategy::Nothing,
+                bytes_copied: 0,
+                len: self.len,
+                replaced,
+                elapsed: start.elapsed(),
+            }),
+            Err(error) => Err(CloseError {
+                error,
+                snapshot: Box::new(self),
+            }),
+        }
+    }
+}
+
+/// A [`SnapshotMut::commit_and_close`] that failed: why, and the snapshot
+/// with its changes, still open (as `std::io::IntoInnerError` and
+/// `tempfile::PersistError` hand theirs back).
+pub struct CloseError {
+    /// Why the commit failed.
+    pub error: Error,
+    /// The snapshot, as it was before the call (boxed: a `Result` carrying
+    /// it whole would be large).
+    pub snapshot: Box<SnapshotMut>,
+}
+
+impl CloseError {
+    /// The error and the snapshot.
+    pub fn into_parts(self) -> (Error, SnapshotMut) {
+        (self.error, *self.snapshot)
+    }
+}
+
+impl std::fmt::Debug for CloseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CloseError")
+            .field("error", &self.error)
+            .field("path", &self.snapshot.path)
+            .finish()
+    }
+}
+
+impl std::fmt::Display for CloseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.error, f)
+    }
+}
+
+impl std::error::Error for CloseError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl From<CloseError> for Error {
+    fn from(e: CloseError) -> Error {
+        e.error
     }
 }
 
