@@ -11,7 +11,7 @@ pub mod probe;
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 
 use rustix::fs::{FallocateFlags, Mode, OFlags, SeekFrom};
@@ -228,21 +228,11 @@ pub fn set_direct<Fd: AsFd>(fd: Fd, on: bool) -> io::Result<()> {
 /// Starts writeback of `[offset, offset+len)` without waiting for it
 /// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`): the device works on it while
 /// the caller goes on. Durability needs a later wait or fsync.
-#[allow(unsafe_code)]
 pub fn start_write_back<Fd: AsFd>(fd: Fd, offset: u64, len: u64) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let off = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let n = i64::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: sync_file_range takes no pointers; the descriptor is borrowed,
-    // so it stays open for the call.
-    let r = unsafe {
-        libc::sync_file_range(fd.as_fd().as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE)
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    let inval = |_| io::Error::from_raw_os_error(libc::EINVAL);
+    let off = i64::try_from(offset).map_err(inval)?;
+    let n = i64::try_from(len).map_err(inval)?;
+    sync_file_range(fd.as_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE)
 }
 
 /// Writes back every dirty page of `fd` and waits for the writes to
@@ -252,15 +242,19 @@ pub fn start_write_back<Fd: AsFd>(fd: Fd, offset: u64, len: u64) -> io::Result<(
 ///
 /// # Errors
 /// `EIO` from writeback; `ESPIPE` for a pipe.
-#[allow(unsafe_code)]
 pub fn write_back<Fd: AsFd>(fd: Fd) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
     let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
         | libc::SYNC_FILE_RANGE_WRITE
         | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    sync_file_range(fd.as_fd(), 0, 0, flags)
+}
+
+#[allow(unsafe_code)]
+fn sync_file_range(fd: BorrowedFd<'_>, offset: i64, len: i64, flags: u32) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
     // SAFETY: sync_file_range takes no pointers; the descriptor is borrowed,
     // so it stays open for the call.
-    let r = unsafe { libc::sync_file_range(fd.as_fd().as_raw_fd(), 0, 0, flags) };
+    let r = unsafe { libc::sync_file_range(fd.as_raw_fd(), offset, len, flags) };
     if r == 0 {
         Ok(())
     } else {
