@@ -76,6 +76,33 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
+/// `--json` and `--save-json` of the benches that can save their JSON beside
+/// the tables.
+#[derive(Args, Clone)]
+pub struct JsonArgs {
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the JSON to this file (beside the tables).
+    #[arg(long)]
+    pub save_json: Option<PathBuf>,
+}
+
+impl JsonArgs {
+    /// Writes `v` to the `--save-json` file, if one was given, then prints it
+    /// if `--json` was.
+    fn emit(&self, v: &serde_json::Value) -> Result<(), Box<dyn std::error::Error>> {
+        if let Some(p) = &self.save_json {
+            std::fs::write(p, serde_json::to_string_pretty(v)?)
+                .map_err(|e| format!("write {}: {e}", p.display()))?;
+        }
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(v)?);
+        }
+        Ok(())
+    }
+}
+
 /// The page cache state before a timed operation.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Cache {
@@ -368,9 +395,16 @@ fn bench_fs(dir: &Path, cfg: &Config, cold: ColdMethod, say: &dyn Fn(String)) ->
         report::bytes(r.free),
         report::bytes(margin)
     ));
+    let on = OnFs {
+        dir,
+        caps: &caps,
+        env: &env,
+        cfg,
+        margin,
+        say,
+    };
     for &size in &cfg.sizes {
-        r.sizes
-            .push(bench_size(dir, &caps, &env, cfg, size, margin, say));
+        r.sizes.push(bench_size(&on, size));
     }
     if cfg.extents {
         let any = [
@@ -382,8 +416,7 @@ fn bench_fs(dir: &Path, cfg: &Config, cold: ColdMethod, say: &dyn Fn(String)) ->
         .any(|m| measure::unavailable(*m, &caps).is_none());
         if any {
             for &n in &cfg.extent_counts {
-                r.sweep
-                    .push(sweep_one(dir, &caps, &env, cfg, n, margin, say));
+                r.sweep.push(sweep_one(&on, n));
             }
         } else {
             r.sweep_note = Some(format!("{} has neither insert-range nor reflink", r.fs));
@@ -397,18 +430,68 @@ fn bench_path(dir: &Path, what: &str) -> PathBuf {
     dir.join(format!(".budge-bench-{}-{what}.bin", std::process::id()))
 }
 
-fn bench_size(
-    dir: &Path,
-    caps: &budge::Capabilities,
-    env: &Env,
-    cfg: &Config,
-    size: u64,
+/// What measuring one file on a filesystem needs: the directory, what its
+/// filesystem can do, how to time, the arguments, the free space to leave to
+/// others, and where progress goes.
+struct OnFs<'a> {
+    dir: &'a Path,
+    caps: &'a budge::Capabilities,
+    env: &'a Env,
+    cfg: &'a Config,
     margin: u64,
-    say: &dyn Fn(String),
-) -> SizeResult {
-    let bs = caps.block_size().max(data::BLOCK);
-    let size = budge::range::align_down(size, bs.max(MIB));
-    let offset = budge::range::align_down(size / 2, bs);
+    say: &'a dyn Fn(String),
+}
+
+impl OnFs<'_> {
+    /// The unit files are laid out in: the filesystem's block, at least
+    /// [`data::BLOCK`].
+    fn block(&self) -> u64 {
+        self.caps.block_size().max(data::BLOCK)
+    }
+
+    /// `size` rounded down to whole blocks (and MiB), and the block-aligned
+    /// middle of that: where the gap goes.
+    fn layout(&self, size: u64) -> (u64, u64) {
+        let bs = self.block();
+        let size = budge::range::align_down(size, bs.max(MIB));
+        (size, budge::range::align_down(size / 2, bs))
+    }
+
+    /// Passes a progress line on.
+    fn say(&self, line: String) {
+        (self.say)(line);
+    }
+
+    /// Runs `methods` interleaved on `subj`, `runs` pairs each, per cache
+    /// state; then says each series' summary.
+    fn group(&self, subj: &mut Subject, methods: &[Method], runs: usize) -> Vec<Series> {
+        let series = measure::group(
+            self.env,
+            subj,
+            methods,
+            &self.cfg.caches,
+            runs,
+            60.0,
+            self.say,
+        );
+        for s in &series {
+            self.say(report::progress_line(s));
+        }
+        series
+    }
+
+    /// A series of `method` per cache state measured, none run, for `why`.
+    fn not_run(&self, method: Method, why: &str) -> Vec<Series> {
+        self.cfg
+            .caches
+            .iter()
+            .map(|&cache| Series::not_run(method, cache, why.to_string()))
+            .collect()
+    }
+}
+
+fn bench_size(on: &OnFs, size: u64) -> SizeResult {
+    let (size, offset) = on.layout(size);
     let mut out = SizeResult {
         size,
         offset,
@@ -417,25 +500,25 @@ fn bench_size(
         create_secs: 0.0,
         extents: None,
     };
-    let need = size + cfg.gap + margin;
-    let free = free_bytes(dir);
+    let need = size + on.cfg.gap + on.margin;
+    let free = free_bytes(on.dir);
     if need > free {
         out.skipped = Some(format!(
             "needs {} free (file + margin), {} free",
             report::bytes(need),
             report::bytes(free)
         ));
-        say(format!(
+        on.say(format!(
             "  {}: skipped: {}",
             report::bytes(size),
             out.skipped.as_deref().unwrap_or("")
         ));
         return out;
     }
-    say(format!("  {}: writing the file...", report::bytes(size)));
+    on.say(format!("  {}: writing the file...", report::bytes(size)));
     let t = Instant::now();
     let mut subj = match Subject::create(
-        bench_path(dir, &report::bytes(size).replace(' ', "")),
+        bench_path(on.dir, &report::bytes(size).replace(' ', "")),
         size,
         offset,
     ) {
@@ -449,29 +532,24 @@ fn bench_size(
     let initial = subj.extent_count().unwrap_or(1);
     out.extents = Some(initial);
     let mut ready = Vec::new();
-    for method in Method::ALL.into_iter().filter(|m| cfg.methods.contains(m)) {
-        if let Some(why) = measure::unavailable(method, caps) {
-            for &cache in &cfg.caches {
-                let mut s = Series::new(method, cache);
-                s.note = Some(why.clone());
-                out.series.push(s);
-            }
+    for method in Method::ALL
+        .into_iter()
+        .filter(|m| on.cfg.methods.contains(m))
+    {
+        if let Some(why) = measure::unavailable(method, on.caps) {
+            out.series.extend(on.not_run(method, &why));
             continue;
         }
-        let extra = extra_space(method, caps, size, cfg.gap);
-        let free = free_bytes(dir);
-        if extra + margin > free {
+        let extra = extra_space(method, on.caps, size, on.cfg.gap);
+        let free = free_bytes(on.dir);
+        if extra + on.margin > free {
             let why = format!(
                 "no room: needs {} more, {} free",
-                report::bytes(extra + margin),
+                report::bytes(extra + on.margin),
                 report::bytes(free)
             );
-            say(format!("    {}: {why}", method.name()));
-            for &cache in &cfg.caches {
-                let mut s = Series::new(method, cache);
-                s.note = Some(why.clone());
-                out.series.push(s);
-            }
+            on.say(format!("    {}: {why}", method.name()));
+            out.series.extend(on.not_run(method, &why));
             continue;
         }
         ready.push(method);
@@ -486,7 +564,7 @@ fn bench_size(
         // fragmented the file.
         let count = subj.extent_count().unwrap_or(initial);
         if subj.broken || count > (initial * 4).max(initial + 64) {
-            say(format!(
+            on.say(format!(
                 "    rewriting the file ({count} extents, was {initial}, broken: {})",
                 subj.broken
             ));
@@ -495,31 +573,19 @@ fn bench_size(
                 return out;
             }
         }
-        let runs = cfg.runs_for(g[0], size);
+        let runs = on.cfg.runs_for(g[0], size);
         let names: Vec<&str> = g.iter().map(|m| m.name()).collect();
-        say(format!("    {} ({runs} runs)...", names.join(", ")));
+        on.say(format!("    {} ({runs} runs)...", names.join(", ")));
         let t = Instant::now();
-        for s in measure::group(env, &mut subj, &g, &cfg.caches, runs, 60.0, say) {
-            say(report::progress_line(&s));
-            out.series.push(s);
-        }
-        say(format!("    ({:.1} s)", t.elapsed().as_secs_f64()));
+        out.series.extend(on.group(&mut subj, &g, runs));
+        on.say(format!("    ({:.1} s)", t.elapsed().as_secs_f64()));
     }
     out
 }
 
-fn sweep_one(
-    dir: &Path,
-    caps: &budge::Capabilities,
-    env: &Env,
-    cfg: &Config,
-    n: u64,
-    margin: u64,
-    say: &dyn Fn(String),
-) -> SweepResult {
-    let bs = caps.block_size().max(data::BLOCK);
-    let size = budge::range::align_down(cfg.extent_file_size, bs.max(MIB));
-    let offset = budge::range::align_down(size / 2, bs);
+fn sweep_one(on: &OnFs, n: u64) -> SweepResult {
+    let bs = on.block();
+    let (size, offset) = on.layout(on.cfg.extent_file_size);
     let mut out = SweepResult {
         target: n,
         size,
@@ -530,20 +596,21 @@ fn sweep_one(
         series: Vec::new(),
         note: None,
     };
-    let free = free_bytes(dir);
-    if size + cfg.gap + margin > free {
+    let free = free_bytes(on.dir);
+    if size + on.cfg.gap + on.margin > free {
         out.note = Some(format!(
             "needs {} free, {} free",
-            report::bytes(size + cfg.gap + margin),
+            report::bytes(size + on.cfg.gap + on.margin),
             report::bytes(free)
         ));
         return out;
     }
-    say(format!(
+    on.say(format!(
         "  extent sweep: {n} extents in {}...",
         report::bytes(size)
     ));
-    let mut subj = match Subject::create(bench_path(dir, &format!("extents-{n}")), size, offset) {
+    let path = bench_path(on.dir, &format!("extents-{n}"));
+    let mut subj = match Subject::create(path, size, offset) {
         Ok(s) => s,
         Err(e) => {
             out.note = Some(format!("writing the file failed: {e}"));
@@ -566,22 +633,13 @@ fn sweep_one(
         Method::BareNoSync,
         Method::NativeNoSync,
     ];
-    for method in sweep.into_iter().filter(|m| cfg.methods.contains(m)) {
-        match measure::unavailable(method, caps) {
-            Some(why) => {
-                for &cache in &cfg.caches {
-                    let mut s = Series::new(method, cache);
-                    s.note = Some(why.clone());
-                    out.series.push(s);
-                }
-            }
+    for method in sweep.into_iter().filter(|m| on.cfg.methods.contains(m)) {
+        match measure::unavailable(method, on.caps) {
+            Some(why) => out.series.extend(on.not_run(method, &why)),
             None => ready.push(method),
         }
     }
-    for s in measure::group(env, &mut subj, &ready, &cfg.caches, cfg.runs, 60.0, say) {
-        say(report::progress_line(&s));
-        out.series.push(s);
-    }
+    out.series.extend(on.group(&mut subj, &ready, on.cfg.runs));
     if subj.broken {
         out.note = Some("the file was left in an unknown state".into());
         return out;

@@ -169,12 +169,20 @@ impl RelocateArgs {
 #[derive(Args)]
 struct RangeArgs {
     file: PathBuf,
+    #[command(flatten)]
+    span: SpanArgs,
+}
+
+/// `OFFSET LEN [--json]`: the byte range after the file, in the commands that
+/// act on a range of one file.
+#[derive(Args)]
+pub struct SpanArgs {
     #[arg(value_parser = parse_size)]
-    offset: u64,
+    pub(crate) offset: u64,
     #[arg(value_parser = parse_size)]
-    len: u64,
+    pub(crate) len: u64,
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Args)]
@@ -279,25 +287,25 @@ fn run(cmd: Cmd) -> CliResult {
         }
         Cmd::Insert(a) => shift(a, true)?,
         Cmd::Collapse(a) => shift(a, false)?,
-        Cmd::Punch(r) => {
-            let f = open_rw(&r.file, "punch")?;
-            let rep =
-                budge::copy::punch_hole(&f, r.offset, r.len).map_err(|e| e.with_path(&r.file))?;
-            output::print_copy("punch", &rep, r.json)?;
+        Cmd::Punch(RangeArgs { file, span }) => {
+            let f = open_rw(&file, "punch")?;
+            let rep = budge::copy::punch_hole(&f, span.offset, span.len)
+                .map_err(|e| e.with_path(&file))?;
+            output::print_copy("punch", &rep, span.json)?;
         }
         Cmd::Zero {
-            range: r,
+            range: RangeArgs { file, span },
             metadata_only,
         } => {
-            let f = open_rw(&r.file, "zero")?;
+            let f = open_rw(&file, "zero")?;
             let policy = if metadata_only {
                 Policy::MetadataOnly
             } else {
                 Policy::AllowCopy
             };
-            let rep = budge::copy::zero_range(&f, r.offset, r.len, policy)
-                .map_err(|e| e.with_path(&r.file))?;
-            output::print_copy("zero", &rep, r.json)?;
+            let rep = budge::copy::zero_range(&f, span.offset, span.len, policy)
+                .map_err(|e| e.with_path(&file))?;
+            output::print_copy("zero", &rep, span.json)?;
         }
         Cmd::Clone(t) => {
             let rep = transfer(&t, None)?;
@@ -366,6 +374,7 @@ fn run(cmd: Cmd) -> CliResult {
 fn shift(a: ShiftArgs, insert: bool) -> CliResult {
     let verb = if insert { "insert" } else { "collapse" };
     let path = &a.range.file;
+    let span = &a.range.span;
     let f = open_rw(path, verb)?;
     let progress = Progress::new(verb);
     let cb = progress.callback();
@@ -376,13 +385,13 @@ fn shift(a: ShiftArgs, insert: bool) -> CliResult {
         progress: Some(&cb),
     };
     let r: Result<ShiftReport, budge::Error> = if insert {
-        budge::insert(&f, a.range.offset, a.range.len, &opts)
+        budge::insert(&f, span.offset, span.len, &opts)
     } else {
-        budge::collapse(&f, a.range.offset, a.range.len, &opts)
+        budge::collapse(&f, span.offset, span.len, &opts)
     };
     progress.finish();
     let rep = r.map_err(|e| e.with_path(path))?;
-    output::print_shift(verb, path, a.range.offset, a.range.len, &rep, a.range.json)?;
+    output::print_shift(verb, path, span.offset, span.len, &rep, span.json)?;
     Ok(())
 }
 

@@ -8,7 +8,7 @@ use clap::Subcommand;
 use serde_json::json;
 
 use crate::output::{emit, human_size, Progress};
-use crate::{parse_size, CliResult};
+use crate::{parse_size, CliResult, SpanArgs};
 
 /// `budge overlay SUBCOMMAND`.
 #[derive(Subcommand)]
@@ -42,23 +42,15 @@ pub enum OverlayCmd {
     /// Make LEN bytes at OFFSET read as zeros (whole pages store nothing).
     Zero {
         overlay: PathBuf,
-        #[arg(value_parser = parse_size)]
-        offset: u64,
-        #[arg(value_parser = parse_size)]
-        len: u64,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        span: SpanArgs,
     },
     /// Drop the overlay's pages in a page-aligned range: they show the base
     /// again.
     Revert {
         overlay: PathBuf,
-        #[arg(value_parser = parse_size)]
-        offset: u64,
-        #[arg(value_parser = parse_size)]
-        len: u64,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        span: SpanArgs,
     },
     /// Write LEN bytes of the merged view at OFFSET to stdout.
     Read {
@@ -225,18 +217,8 @@ pub fn run(cmd: OverlayCmd) -> CliResult {
             }
             o.close()?;
         }
-        OverlayCmd::Zero {
-            overlay,
-            offset,
-            len,
-            json,
-        } => change(&overlay, offset, len, json, false)?,
-        OverlayCmd::Revert {
-            overlay,
-            offset,
-            len,
-            json,
-        } => change(&overlay, offset, len, json, true)?,
+        OverlayCmd::Zero { overlay, span } => change(&overlay, &span, false)?,
+        OverlayCmd::Revert { overlay, span } => change(&overlay, &span, true)?,
         OverlayCmd::Read {
             overlay,
             offset,
@@ -377,7 +359,8 @@ pub fn run(cmd: OverlayCmd) -> CliResult {
 }
 
 /// `zero` or `revert` a range, flushed.
-fn change(overlay: &PathBuf, offset: u64, len: u64, json: bool, revert: bool) -> CliResult {
+fn change(overlay: &PathBuf, span: &SpanArgs, revert: bool) -> CliResult {
+    let SpanArgs { offset, len, json } = *span;
     let mut o = Overlay::open(overlay)?;
     if revert {
         o.revert(offset, len)?;

@@ -51,8 +51,9 @@ use clap::Args;
 use serde_json::{json, Value};
 
 use super::measure::median;
-use super::report::{bytes, secs};
+use super::report::{bench_json, bytes, opt_bytes, opt_secs, print_intro, ratio, secs, times};
 use super::sysinfo::{Device, Machine};
+use super::JsonArgs;
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -70,12 +71,8 @@ pub struct DefragBenchArgs {
     /// Small file, one run: a smoke test of the harness.
     #[arg(long)]
     pub quick: bool,
-    /// Machine-readable output.
-    #[arg(long)]
-    pub json: bool,
-    /// Also write the JSON to this file (beside the tables).
-    #[arg(long)]
-    pub save_json: Option<PathBuf>,
+    #[command(flatten)]
+    pub output: JsonArgs,
     /// Size of the fragmented file (rounded down to whole blocks)
     /// [default: 1G; --quick: 64M]
     #[arg(long, value_parser = crate::parse_size)]
@@ -115,8 +112,7 @@ struct Config {
     seed: u64,
     only: Option<Vec<String>>,
     quick: bool,
-    json: bool,
-    save_json: Option<PathBuf>,
+    output: JsonArgs,
 }
 
 /// `LABEL:DIR` (a label has no `/`) or `DIR`.
@@ -160,8 +156,7 @@ impl Config {
             seed: a.seed,
             only: a.contenders.clone(),
             quick: q,
-            json: a.json,
-            save_json: a.save_json.clone(),
+            output: a.output.clone(),
         }
     }
 }
@@ -768,13 +763,6 @@ struct Pairing<'a> {
     met: Option<bool>,
 }
 
-fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
-    match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-        _ => None,
-    }
-}
-
 fn pairings(r: &FsRun) -> Vec<Pairing<'_>> {
     let mut out = Vec::new();
     for b in r.series.iter().filter(|s| !s.contender.is_tool()) {
@@ -958,15 +946,7 @@ fn code_commit() -> Option<String> {
 }
 
 fn print_header(m: &Machine, cfg: &Config, commit: Option<&str>) {
-    println!("budge defrag-bench, {}", m.date);
-    println!(
-        "machine: {} CPUs, {}, {}, {}",
-        m.nproc,
-        m.cpu,
-        bytes(m.mem_bytes),
-        m.kernel
-    );
-    println!("command: {}", m.command);
+    print_intro("budge defrag-bench", m, "");
     println!(
         "code: budge {}, commit {} (HEAD of the source tree when run; uncommitted changes not shown)",
         env!("CARGO_PKG_VERSION"),
@@ -986,25 +966,8 @@ fn print_header(m: &Machine, cfg: &Config, commit: Option<&str>) {
     );
 }
 
-fn opt_secs(s: Option<f64>) -> String {
-    s.map_or_else(|| "-".into(), secs)
-}
-
-fn opt_bytes(b: Option<f64>) -> String {
-    b.map_or_else(|| "n/a".into(), |b| bytes(b.round() as u64))
-}
-
 fn opt_count(x: Option<f64>) -> String {
     x.map_or_else(|| "-".into(), |x| format!("{x:.0}"))
-}
-
-fn times(x: Option<f64>) -> String {
-    match x {
-        None => "-".into(),
-        Some(x) if x >= 100.0 => format!("{x:.0}x"),
-        Some(x) if x >= 10.0 => format!("{x:.1}x"),
-        Some(x) => format!("{x:.2}x"),
-    }
 }
 
 fn print_fs(r: &FsRun) {
@@ -1217,20 +1180,15 @@ fn json_out(m: &Machine, cfg: &Config, commit: Option<&str>, runs: &[FsRun], sec
             })
         })
         .collect();
-    json!({
-        "bench": "defrag",
-        "date": m.date,
-        "machine": {"nproc": m.nproc, "cpu": m.cpu, "kernel": m.kernel, "mem_bytes": m.mem_bytes},
-        "command": m.command,
-        "code": {"version": env!("CARGO_PKG_VERSION"), "commit": commit},
-        "config": {
-            "size": cfg.size, "inserts": cfg.inserts, "piece": cfg.piece, "runs": cfg.runs,
-            "seed": cfg.seed, "quick": cfg.quick, "contenders": cfg.only,
-            "budge_chunk": budge::relocate::DEFAULT_CHUNK,
-        },
-        "filesystems": fs,
-        "seconds": secs,
-    })
+    let config = json!({
+        "size": cfg.size, "inserts": cfg.inserts, "piece": cfg.piece, "runs": cfg.runs,
+        "seed": cfg.seed, "quick": cfg.quick, "contenders": cfg.only,
+        "budge_chunk": budge::relocate::DEFAULT_CHUNK,
+    });
+    let mut v = bench_json(m, config, fs, secs);
+    v["bench"] = "defrag".into();
+    v["code"] = json!({"version": env!("CARGO_PKG_VERSION"), "commit": commit});
+    v
 }
 
 /// Runs the defragmentation benchmark.
@@ -1248,27 +1206,24 @@ pub fn run(args: &DefragBenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     let machine = Machine::get();
     let commit = code_commit();
     let say = |s: String| eprintln!("{s}");
-    if !cfg.json {
+    if !cfg.output.json {
         print_header(&machine, &cfg, commit.as_deref());
     }
     let start = Instant::now();
     let mut results = Vec::new();
     for t in &cfg.targets {
         let r = bench_fs(t, &cfg, &say).map_err(|e| format!("budge defrag-bench: {e}"))?;
-        if !cfg.json {
+        if !cfg.output.json {
             print_fs(&r);
         }
         results.push(r);
     }
     let total = start.elapsed().as_secs_f64();
     let v = json_out(&machine, &cfg, commit.as_deref(), &results, total);
-    if let Some(p) = &cfg.save_json {
-        std::fs::write(p, serde_json::to_string_pretty(&v)?)
-            .map_err(|e| format!("budge defrag-bench: write {}: {e}", p.display()))?;
-    }
-    if cfg.json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    } else {
+    cfg.output
+        .emit(&v)
+        .map_err(|e| format!("budge defrag-bench: {e}"))?;
+    if !cfg.output.json {
         println!("\nwhole bench: {total:.0} s");
     }
     Ok(())

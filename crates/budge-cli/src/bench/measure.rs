@@ -52,6 +52,14 @@ impl Series {
         }
     }
 
+    /// A series that did not run, saying why.
+    pub fn not_run(method: Method, cache: Cache, why: String) -> Series {
+        Series {
+            note: Some(why),
+            ..Series::new(method, cache)
+        }
+    }
+
     pub fn samples(&self, op: Op) -> &[Sample] {
         match op {
             Op::Insert => &self.insert,

@@ -110,16 +110,18 @@ pub fn bytes(b: u64) -> String {
     }
 }
 
-fn opt_bytes(b: Option<f64>) -> String {
+/// [`bytes`] of a median rounded to whole bytes; `n/a` where there is none.
+pub fn opt_bytes(b: Option<f64>) -> String {
     b.map_or_else(|| "n/a".into(), |b| bytes(b.round() as u64))
 }
 
-fn opt_secs(s: Option<f64>) -> String {
+/// [`secs`], or `-` where nothing was measured.
+pub fn opt_secs(s: Option<f64>) -> String {
     s.map_or_else(|| "-".into(), secs)
 }
 
 /// `412x` (or `3.4x`) for a speed-up.
-fn times(x: f64) -> String {
+fn speed_up(x: f64) -> String {
     if x >= 10.0 {
         format!("{x:.0}x")
     } else {
@@ -127,7 +129,19 @@ fn times(x: f64) -> String {
     }
 }
 
-fn ratio(num: Option<f64>, den: Option<f64>) -> Option<f64> {
+/// A ratio to three significant figures: `412x`, `3.4x`, `1.07x`; `-` where
+/// there is none.
+pub fn times(x: Option<f64>) -> String {
+    match x {
+        None => "-".into(),
+        Some(x) if x >= 100.0 => format!("{x:.0}x"),
+        Some(x) if x >= 10.0 => format!("{x:.1}x"),
+        Some(x) => format!("{x:.2}x"),
+    }
+}
+
+/// `num / den` where both were measured and `den` is positive.
+pub fn ratio(num: Option<f64>, den: Option<f64>) -> Option<f64> {
     match (num, den) {
         (Some(n), Some(d)) if d > 0.0 => Some(n / d),
         _ => None,
@@ -149,16 +163,35 @@ pub fn progress_line(s: &Series) -> String {
     )
 }
 
-pub fn print_header(m: &Machine, cfg: &Config, cold: ColdMethod) {
-    println!("budge bench, {}", m.date);
+/// The first lines of every bench's report: `TITLE, DATE`, the machine (its
+/// memory size followed by `mem_suffix`) and the command line.
+pub fn print_intro(title: &str, m: &Machine, mem_suffix: &str) {
+    println!("{title}, {}", m.date);
     println!(
-        "machine: {} CPUs, {}, {} RAM, {}",
+        "machine: {} CPUs, {}, {}{mem_suffix}, {}",
         m.nproc,
         m.cpu,
         bytes(m.mem_bytes),
         m.kernel
     );
     println!("command: {}", m.command);
+}
+
+/// A bench's JSON: when, on what machine and with what command line it ran,
+/// its resolved `config`, a result per filesystem, and how long it took.
+pub fn bench_json(m: &Machine, config: Value, filesystems: Vec<Value>, secs: f64) -> Value {
+    json!({
+        "date": m.date,
+        "machine": {"nproc": m.nproc, "cpu": m.cpu, "kernel": m.kernel, "mem_bytes": m.mem_bytes},
+        "command": m.command,
+        "config": config,
+        "filesystems": filesystems,
+        "seconds": secs,
+    })
+}
+
+pub fn print_header(m: &Machine, cfg: &Config, cold: ColdMethod) {
+    print_intro("budge bench", m, " RAM");
     println!(
         "operation: insert {0} at the middle of the file, then collapse the same {0} (restoring it); every call fsyncs",
         bytes(cfg.gap)
@@ -246,7 +279,7 @@ pub fn print_fs(r: &FsResult, cfg: &Config) {
                     } else {
                         None
                     };
-                    ratio(naive, x.median(op)).map_or_else(|| "-".into(), times)
+                    ratio(naive, x.median(op)).map_or_else(|| "-".into(), speed_up)
                 };
                 let vs_bare = |op| {
                     ratio(x.median(op), s.median(x.method.bare(), cache, op))
@@ -368,7 +401,8 @@ pub fn print_fs(r: &FsResult, cfg: &Config) {
 pub enum Verdict {
     Holds,
     Fails,
-    NotMeasured,
+    /// Not measured, or the run does not meet the target's conditions.
+    NotApplicable,
 }
 
 impl Verdict {
@@ -376,14 +410,25 @@ impl Verdict {
         match self {
             Verdict::Holds => "HOLDS",
             Verdict::Fails => "FAILS",
-            Verdict::NotMeasured => "N/A",
+            Verdict::NotApplicable => "N/A",
         }
     }
-    fn of(ok: bool) -> Verdict {
+
+    /// Holds if `ok`, else fails.
+    pub fn of(ok: bool) -> Verdict {
         if ok {
             Verdict::Holds
         } else {
             Verdict::Fails
+        }
+    }
+
+    /// [`Verdict::of`] `ok` where the target `applies`, else not applicable.
+    pub fn if_applies(applies: bool, ok: bool) -> Verdict {
+        if applies {
+            Verdict::of(ok)
+        } else {
+            Verdict::NotApplicable
         }
     }
 }
@@ -394,6 +439,29 @@ pub struct Target {
     pub fs: String,
     pub what: String,
     pub detail: String,
+}
+
+/// The `== targets ==` table: one line per target.
+pub fn print_targets(t: &[Target]) {
+    println!();
+    println!("== targets ==");
+    for x in t {
+        println!(
+            "[{:<5}] {}: {}: {}",
+            x.verdict.name(),
+            x.fs,
+            x.what,
+            x.detail
+        );
+    }
+}
+
+/// The targets in a bench's JSON.
+pub fn targets_json(targets: &[Target]) -> Value {
+    targets
+        .iter()
+        .map(|t| json!({"verdict": t.verdict.name(), "filesystem": t.fs, "target": t.what, "detail": t.detail}))
+        .collect()
 }
 
 const NATIVE: Method = Method::Shift(Strategy::Native);
@@ -441,12 +509,17 @@ pub fn targets(results: &[FsResult], cfg: &Config) -> Vec<Target> {
                 }
                 let what = format!("{label} at 1 GiB ({c})");
                 let Some(s) = g1 else {
-                    push(Verdict::NotMeasured, fs, &what, "1 GiB not measured".into());
+                    push(
+                        Verdict::NotApplicable,
+                        fs,
+                        &what,
+                        "1 GiB not measured".into(),
+                    );
                     continue;
                 };
                 let (Some(a), Some(b)) = (s.get(m, cache), s.get(bare, cache)) else {
                     push(
-                        Verdict::NotMeasured,
+                        Verdict::NotApplicable,
                         fs,
                         &what,
                         "not both measured at 1 GiB".into(),
@@ -493,10 +566,10 @@ pub fn targets(results: &[FsResult], cfg: &Config) -> Vec<Target> {
                         Verdict::of(i >= min && k >= min),
                         fs,
                         &what,
-                        format!("insert {}, collapse {}", times(i), times(k)),
+                        format!("insert {}, collapse {}", speed_up(i), speed_up(k)),
                     ),
                     _ => push(
-                        Verdict::NotMeasured,
+                        Verdict::NotApplicable,
                         fs,
                         &what,
                         "not both measured at 1 GiB".into(),
@@ -519,16 +592,16 @@ pub fn targets(results: &[FsResult], cfg: &Config) -> Vec<Target> {
                     grows &= pts.windows(2).all(|w| w[1].1 >= w[0].1);
                     let txt: Vec<String> = pts
                         .iter()
-                        .map(|(sz, x)| format!("{} {}", bytes(*sz), times(*x)))
+                        .map(|(sz, x)| format!("{} {}", bytes(*sz), speed_up(*x)))
                         .collect();
                     detail.push(format!("{}: {}", op.name(), txt.join(" -> ")));
                 }
-                let v = if n < 2 {
-                    Verdict::NotMeasured
-                } else {
-                    Verdict::of(grows)
-                };
-                push(v, fs, &what, detail.join("; "));
+                push(
+                    Verdict::if_applies(n >= 2, grows),
+                    fs,
+                    &what,
+                    detail.join("; "),
+                );
             }
         }
         // 3. Device writes per metadata-only insert.
@@ -583,7 +656,7 @@ pub fn targets(results: &[FsResult], cfg: &Config) -> Vec<Target> {
                 let what = format!("{} cold: 4 GiB within 2x of 256 MiB", m.name());
                 let (Some(small), Some(big)) = (small, big) else {
                     push(
-                        Verdict::NotMeasured,
+                        Verdict::NotApplicable,
                         fs,
                         &what,
                         "256 MiB or larger sizes not measured".into(),
@@ -607,7 +680,7 @@ pub fn targets(results: &[FsResult], cfg: &Config) -> Vec<Target> {
                 };
                 let (Some(i), Some(k)) = (ri, rc) else {
                     push(
-                        Verdict::NotMeasured,
+                        Verdict::NotApplicable,
                         fs,
                         &what,
                         "did not run at both sizes".into(),
@@ -615,13 +688,8 @@ pub fn targets(results: &[FsResult], cfg: &Config) -> Vec<Target> {
                     continue;
                 };
                 let partial = big.size != 4 * GIB;
-                let v = if partial {
-                    Verdict::NotMeasured
-                } else {
-                    Verdict::of(i <= 2.0 && k <= 2.0)
-                };
                 push(
-                    v,
+                    Verdict::if_applies(!partial, i <= 2.0 && k <= 2.0),
                     fs,
                     &what,
                     format!(
@@ -640,20 +708,6 @@ pub fn targets(results: &[FsResult], cfg: &Config) -> Vec<Target> {
         }
     }
     out
-}
-
-pub fn print_targets(t: &[Target]) {
-    println!();
-    println!("== targets ==");
-    for x in t {
-        println!(
-            "[{:<5}] {}: {}: {}",
-            x.verdict.name(),
-            x.fs,
-            x.what,
-            x.detail
-        );
-    }
 }
 
 fn sample_json(s: &Sample) -> Value {
@@ -724,19 +778,14 @@ pub fn json(
             })
         })
         .collect();
-    json!({
-        "date": m.date,
-        "machine": {"nproc": m.nproc, "cpu": m.cpu, "kernel": m.kernel, "mem_bytes": m.mem_bytes},
-        "command": m.command,
-        "config": {
-            "gap": cfg.gap, "sizes": cfg.sizes, "runs": cfg.runs,
-            "cache": cfg.caches.iter().map(|c| c.name()).collect::<Vec<_>>(),
-            "cold_method": cold.describe(),
-            "extent_counts": if cfg.extents { Some(&cfg.extent_counts) } else { None },
-            "extent_file_size": cfg.extent_file_size,
-        },
-        "filesystems": fs,
-        "targets": targets.iter().map(|t| json!({"verdict": t.verdict.name(), "filesystem": t.fs, "target": t.what, "detail": t.detail})).collect::<Vec<_>>(),
-        "seconds": secs,
-    })
+    let config = json!({
+        "gap": cfg.gap, "sizes": cfg.sizes, "runs": cfg.runs,
+        "cache": cfg.caches.iter().map(|c| c.name()).collect::<Vec<_>>(),
+        "cold_method": cold.describe(),
+        "extent_counts": if cfg.extents { Some(&cfg.extent_counts) } else { None },
+        "extent_file_size": cfg.extent_file_size,
+    });
+    let mut v = bench_json(m, config, fs, secs);
+    v["targets"] = targets_json(targets);
+    v
 }

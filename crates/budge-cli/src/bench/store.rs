@@ -40,7 +40,7 @@ use std::time::Instant;
 use budge::map::Advice;
 use clap::{Args, ValueEnum};
 
-use super::sysinfo;
+use super::{report, sysinfo, JsonArgs};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -54,12 +54,8 @@ pub struct StoreBenchArgs {
     /// per filesystem).
     #[arg(long)]
     pub quick: bool,
-    /// Machine-readable output.
-    #[arg(long)]
-    pub json: bool,
-    /// Also write the JSON to this file (beside the tables).
-    #[arg(long)]
-    pub save_json: Option<PathBuf>,
+    #[command(flatten)]
+    pub output: JsonArgs,
     /// Bytes of region data in the store; scaled down (and the report says
     /// so) where the filesystem lacks room for the store and its baseline
     /// file [default: 4G; --quick: 64M]
@@ -147,8 +143,7 @@ pub struct Config {
     parts: Vec<Part>,
     advice: Advice,
     quick: bool,
-    json: bool,
-    save_json: Option<PathBuf>,
+    output: JsonArgs,
 }
 
 impl Config {
@@ -191,8 +186,7 @@ impl Config {
             }),
             advice: a.advice,
             quick: q,
-            json: a.json,
-            save_json: a.save_json.clone(),
+            output: a.output.clone(),
         }
     }
 
@@ -213,14 +207,14 @@ pub fn run(args: &StoreBenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     let machine = sysinfo::Machine::get();
     let say = |s: String| eprintln!("{s}");
-    if !cfg.json {
+    if !cfg.output.json {
         output::print_header(&machine, &cfg);
     }
     let start = Instant::now();
     let mut results = Vec::new();
     for dir in &cfg.dirs {
         let r = phases::bench_fs(dir, &cfg, &say);
-        if !cfg.json {
+        if !cfg.output.json {
             output::print_fs(&r, &cfg);
         }
         results.push(r);
@@ -233,14 +227,9 @@ pub fn run(args: &StoreBenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         &targets,
         start.elapsed().as_secs_f64(),
     );
-    if let Some(p) = &cfg.save_json {
-        std::fs::write(p, serde_json::to_string_pretty(&v)?)
-            .map_err(|e| format!("write {}: {e}", p.display()))?;
-    }
-    if cfg.json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    } else {
-        output::print_targets(&targets);
+    cfg.output.emit(&v)?;
+    if !cfg.output.json {
+        report::print_targets(&targets);
         println!("\nwhole bench: {:.0} s", start.elapsed().as_secs_f64());
     }
     Ok(())

@@ -4,25 +4,13 @@ use serde_json::{json, Value};
 
 use budge::FsKind;
 
-use super::super::report::{bytes, secs};
+use super::super::report::{
+    bench_json, bytes, opt_bytes, opt_secs, print_intro, ratio, secs, targets_json, times, Target,
+    Verdict,
+};
 use super::super::sysinfo::Machine;
 use super::phases::{Amortized, FsRun, Pair, Sample, Series};
 use super::{Config, GIB};
-
-fn opt_secs(s: Option<f64>) -> String {
-    s.map_or_else(|| "-".into(), secs)
-}
-
-fn opt_bytes(b: Option<f64>) -> String {
-    b.map_or_else(|| "n/a".into(), |b| bytes(b.round() as u64))
-}
-
-fn ratio(num: Option<f64>, den: Option<f64>) -> Option<f64> {
-    match (num, den) {
-        (Some(n), Some(d)) if d > 0.0 => Some(n / d),
-        _ => None,
-    }
-}
 
 fn sum(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     Some(a? + b?)
@@ -41,26 +29,8 @@ fn paired(a: &Series, b: &Series) -> Option<f64> {
     super::super::measure::median(v)
 }
 
-/// `412x`, `3.4x`, `1.07x`.
-fn times(x: Option<f64>) -> String {
-    match x {
-        None => "-".into(),
-        Some(x) if x >= 100.0 => format!("{x:.0}x"),
-        Some(x) if x >= 10.0 => format!("{x:.1}x"),
-        Some(x) => format!("{x:.2}x"),
-    }
-}
-
 pub fn print_header(m: &Machine, cfg: &Config) {
-    println!("budge store bench, {}", m.date);
-    println!(
-        "machine: {} CPUs, {}, {}, {}",
-        m.nproc,
-        m.cpu,
-        bytes(m.mem_bytes),
-        m.kernel
-    );
-    println!("command: {}", m.command);
+    print_intro("budge store bench", m, "");
     println!(
         "scenario: a store of {} regions, {} of data in all (scaled where the filesystem lacks room), Growth::Exact (the amortized part: the default Growth::Amortized); region 0 grows by {} {} times, then shrinks back; every resize is durable on return (fdatasyncs included); mapping advice: {}",
         cfg.regions,
@@ -514,31 +484,6 @@ fn print_amortized(r: &FsRun, a: &Amortized, cfg: &Config) {
     );
 }
 
-/// A target's outcome.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    Holds,
-    Fails,
-    NotApplicable,
-}
-
-impl Verdict {
-    fn name(self) -> &'static str {
-        match self {
-            Verdict::Holds => "HOLDS",
-            Verdict::Fails => "FAILS",
-            Verdict::NotApplicable => "N/A",
-        }
-    }
-}
-
-pub struct Target {
-    pub verdict: Verdict,
-    pub fs: String,
-    pub what: String,
-    pub detail: String,
-}
-
 pub fn targets(results: &[FsRun], _cfg: &Config) -> Vec<Target> {
     let mut out = Vec::new();
     for r in results.iter().filter(|r| r.error.is_none()) {
@@ -568,13 +513,7 @@ pub fn targets(results: &[FsRun], _cfg: &Config) -> Vec<Target> {
                 let ok = [g, s].iter().all(|v| v.is_some_and(|v| v <= 2.0));
                 let have = g.is_some() && s.is_some();
                 out.push(Target {
-                    verdict: if !have {
-                        Verdict::NotApplicable
-                    } else if ok {
-                        Verdict::Holds
-                    } else {
-                        Verdict::Fails
-                    },
+                    verdict: Verdict::if_applies(have, ok),
                     fs: fs.clone(),
                     what: format!("each resize within 2x of bare fallocate + fsync ({what})"),
                     detail: format!(
@@ -597,13 +536,7 @@ pub fn targets(results: &[FsRun], _cfg: &Config) -> Vec<Target> {
             let ok = [g, s].iter().all(|v| v.is_some_and(|v| v >= 300.0));
             let touch = sum(r.warm_budge.grow.median(), r.touch_after.median());
             out.push(Target {
-                verdict: if !at4 {
-                    Verdict::NotApplicable
-                } else if ok {
-                    Verdict::Holds
-                } else {
-                    Verdict::Fails
-                },
+                verdict: Verdict::if_applies(at4, ok),
                 fs: fs.clone(),
                 what: ">= 300x faster than the naive rewrite at 4 GiB (warm, fsync included)"
                     .into(),
@@ -639,13 +572,7 @@ pub fn targets(results: &[FsRun], _cfg: &Config) -> Vec<Target> {
                     let s = ratio(f(&r.naive.shrink), f(&a.shrinks));
                     let ok = [g, s].iter().all(|v| v.is_some_and(|v| v >= 300.0));
                     out.push(Target {
-                        verdict: if !at4 {
-                            Verdict::NotApplicable
-                        } else if ok {
-                            Verdict::Holds
-                        } else {
-                            Verdict::Fails
-                        },
+                        verdict: Verdict::if_applies(at4, ok),
                         fs: fs.clone(),
                         what: format!(
                             ">= 300x faster than the naive rewrite at 4 GiB (warm, fsync included), default Growth::Amortized, {how}"
@@ -669,20 +596,6 @@ pub fn targets(results: &[FsRun], _cfg: &Config) -> Vec<Target> {
         }
     }
     out
-}
-
-pub fn print_targets(t: &[Target]) {
-    println!();
-    println!("== targets ==");
-    for x in t {
-        println!(
-            "[{:<5}] {}: {}: {}",
-            x.verdict.name(),
-            x.fs,
-            x.what,
-            x.detail
-        );
-    }
 }
 
 fn sample_json(s: &Sample) -> Value {
@@ -800,21 +713,16 @@ pub fn json(m: &Machine, cfg: &Config, results: &[FsRun], targets: &[Target], se
             })
         })
         .collect();
-    json!({
-        "date": m.date,
-        "machine": {"nproc": m.nproc, "cpu": m.cpu, "kernel": m.kernel, "mem_bytes": m.mem_bytes},
-        "command": m.command,
-        "config": {
-            "size": cfg.size, "regions": cfg.regions, "steps": cfg.steps, "step": cfg.step,
-            "warm_runs": cfg.warm_runs, "naive_runs": cfg.naive_runs,
-            "extent_counts": cfg.extent_counts, "extent_store_size": cfg.extent_store_size,
-            "extent_runs": cfg.extent_runs, "updates": cfg.updates, "budget_seconds": cfg.budget,
-            "parts": cfg.parts.iter().map(|p| format!("{p:?}").to_lowercase()).collect::<Vec<_>>(),
-            "quick": cfg.quick,
-            "advice": cfg.advice.name(),
-        },
-        "filesystems": fs,
-        "targets": targets.iter().map(|t| json!({"verdict": t.verdict.name(), "filesystem": t.fs, "target": t.what, "detail": t.detail})).collect::<Vec<_>>(),
-        "seconds": secs,
-    })
+    let config = json!({
+        "size": cfg.size, "regions": cfg.regions, "steps": cfg.steps, "step": cfg.step,
+        "warm_runs": cfg.warm_runs, "naive_runs": cfg.naive_runs,
+        "extent_counts": cfg.extent_counts, "extent_store_size": cfg.extent_store_size,
+        "extent_runs": cfg.extent_runs, "updates": cfg.updates, "budget_seconds": cfg.budget,
+        "parts": cfg.parts.iter().map(|p| format!("{p:?}").to_lowercase()).collect::<Vec<_>>(),
+        "quick": cfg.quick,
+        "advice": cfg.advice.name(),
+    });
+    let mut v = bench_json(m, config, fs, secs);
+    v["targets"] = targets_json(targets);
+    v
 }
