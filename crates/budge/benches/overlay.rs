@@ -78,14 +78,18 @@
 
 #[path = "common/mod.rs"]
 mod common;
-use common::{gen, median, parse_size, print_run, resident, sh, splitmix, syncfs, warm};
+#[path = "../tests/common/qemu.rs"]
+mod qemu;
+use common::{
+    dir_arg, env_dirs, gen, loadavg, median, parse_size, print_run, resident, sh, splitmix, syncfs,
+    warm,
+};
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use budge::overlay::{CommitOptions, Overlay, OverlayOptions};
@@ -251,44 +255,17 @@ fn run_ok(cmd: &mut Command, what: &str) {
 /// is a failed command (qemu-io does not say so in its exit status).
 fn qemu_io(image: &Path, cache: &str, script: &str) -> Duration {
     let t = Instant::now();
-    let mut child = Command::new("qemu-io")
-        .args(["-t", cache, "-f", "qcow2"])
-        .arg(image)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn qemu-io");
-    let mut stdin = child.stdin.take().unwrap();
-    let script = script.to_string();
-    let feeder = std::thread::spawn(move || stdin.write_all(script.as_bytes()));
-    let mut err_pipe = child.stderr.take().unwrap();
-    let errs = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err_pipe.read_to_string(&mut s);
-        s
-    });
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    let status = child.wait().unwrap();
-    let d = t.elapsed();
-    feeder.join().unwrap().unwrap();
-    let err = errs.join().unwrap();
-    let rest = out.replace("qemu-io> ", "");
-    if !status.success() || !rest.trim().is_empty() || !err.trim().is_empty() {
+    let r = qemu::qemu_io(image, cache, script.to_string());
+    if !r.ok() {
         check_failed(format!(
-            "qemu-io on {} ({status}): {}{}",
+            "qemu-io on {} ({}): {}{}",
             image.display(),
-            rest.chars().take(2000).collect::<String>(),
-            err
+            r.status,
+            r.out.chars().take(2000).collect::<String>(),
+            r.err
         ));
     }
-    d
+    r.ended - t
 }
 
 /// Median of four empty `qemu-io` runs of `image`, two before `f` and two
@@ -304,23 +281,14 @@ fn qemu_io_timed(image: &Path, cache: &str, script: &str) -> (Duration, Duration
 fn qemu_img_create(base: &Path, cluster: u32, image: &Path) {
     let _ = fs::remove_file(image);
     run_ok(
-        Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-            .arg(base)
-            .args(["-o", &format!("cluster_size={cluster}")])
-            .arg(image),
+        &mut qemu::qemu_img_create(base, &cluster.to_string(), image),
         "qemu-img create",
     );
 }
 
 fn qemu_img_commit(image: &Path) -> Duration {
     let t = Instant::now();
-    run_ok(
-        Command::new("qemu-img")
-            .args(["commit", "-q", "-t", "writeback", "-f", "qcow2"])
-            .arg(image),
-        "qemu-img commit",
-    );
+    run_ok(&mut qemu::qemu_img_commit(image), "qemu-img commit");
     t.elapsed()
 }
 
@@ -344,12 +312,7 @@ fn header(dirs: &[(String, PathBuf)]) {
             if reflink { "yes" } else { "no" }
         );
     }
-    println!(
-        "load: {}",
-        fs::read_to_string("/proc/loadavg")
-            .unwrap_or_default()
-            .trim()
-    );
+    println!("load: {}", loadavg());
 }
 
 fn fmt_d(d: Duration) -> String {
@@ -726,6 +689,52 @@ fn med_u(r: &FsResult, imp: &str, f: impl Fn(&Meas) -> u64) -> u64 {
     v[v.len() / 2]
 }
 
+/// A row of a phase's totals: `[raw, budge]`, and each qcow2 image's
+/// `[net, whole process]`.
+fn totals_row(l: &str, what: &str, [raw, b]: [Duration; 2], q4: [Duration; 2], q64: [Duration; 2]) {
+    println!(
+        "| {l} | {what} | {} | {} | {:.2} | {} ({}) | {:.1} | {} ({}) | {:.1} |",
+        fmt_d(raw),
+        fmt_d(b),
+        ratio(b, raw),
+        fmt_d(q4[0]),
+        fmt_d(q4[1]),
+        ratio(q4[0], b),
+        fmt_d(q64[0]),
+        fmt_d(q64[1]),
+        ratio(q64[0], b)
+    );
+}
+
+/// A row of a phase per op: raw's and budge's median (p99; mean), the
+/// median and p99 from `op` and the means given, then each qcow2 image's
+/// net per op. Returns raw's and budge's medians.
+fn per_op_row(
+    l: &str,
+    what: &str,
+    r: &FsResult,
+    op: impl Fn(&Meas) -> (Duration, Duration),
+    [raw_mean, b_mean]: [Duration; 2],
+    [q4, q64]: [Duration; 2],
+) -> (Duration, Duration) {
+    let (raw, b) = (med(r, "raw", |m| op(m).0), med(r, "budge", |m| op(m).0));
+    println!(
+        "| {l} | {what} | {} ({}; {}) | {} ({}; {}) | {:.2} | {} | {:.1} | {} | {:.1} |",
+        fmt_d(raw),
+        fmt_d(med(r, "raw", |m| op(m).1)),
+        fmt_d(raw_mean),
+        fmt_d(b),
+        fmt_d(med(r, "budge", |m| op(m).1)),
+        fmt_d(b_mean),
+        ratio(b, raw),
+        fmt_d(q4),
+        ratio(q4, b),
+        fmt_d(q64),
+        ratio(q64, b)
+    );
+    (raw, b)
+}
+
 fn report(results: &[FsResult]) {
     println!(
         "\n## Results (medians over runs; qcow2 cells: net (whole process); ratios of medians)\n"
@@ -767,38 +776,17 @@ fn report(results: &[FsResult]) {
         };
         let (q4, q64) = (q("qcow2-4k"), q("qcow2-64k"));
         let l = &r.label;
-        println!(
-            "| {l} | {} writes + flush | {} | {} | {:.2} | {} ({}) | {:.1} | {} ({}) | {:.1} |",
-            r.ops,
-            fmt_d(rw),
-            fmt_d(bw),
-            ratio(bw, rw),
-            fmt_d(q4.0),
-            fmt_d(q4.1),
-            ratio(q4.0, bw),
-            fmt_d(q64.0),
-            fmt_d(q64.1),
-            ratio(q64.0, bw)
-        );
-        let (rwo, bwo) = (
-            med(r, "raw", |m| m.write_op.0),
-            med(r, "budge", |m| m.write_op.0),
-        );
-        println!(
-            "| {l} | write, per op: median (p99; mean without the flush); qcow2 net/ops | {} ({}; {}) | {} ({}; {}) | {:.2} | {} | {:.1} | {} | {:.1} |",
-            fmt_d(rwo),
-            fmt_d(med(r, "raw", |m| m.write_op.1)),
-            fmt_d(med(r, "raw", |m| m.write_nosync) / n),
-            fmt_d(bwo),
-            fmt_d(med(r, "budge", |m| m.write_op.1)),
-            fmt_d(med(r, "budge", |m| m.write_nosync) / n),
-            ratio(bwo, rwo),
-            fmt_d(q4.0 / n),
-            ratio(q4.0 / n, bwo),
-            fmt_d(q64.0 / n),
-            ratio(q64.0 / n, bwo)
-        );
+        let writes = format!("{} writes + flush", r.ops);
+        totals_row(l, &writes, [rw, bw], [q4.0, q4.1], [q64.0, q64.1]);
         let wn = |imp: &str| med(r, imp, |m| m.write_nosync);
+        let (rwo, bwo) = per_op_row(
+            l,
+            "write, per op: median (p99; mean without the flush); qcow2 net/ops",
+            r,
+            |m| m.write_op,
+            [wn("raw") / n, wn("budge") / n],
+            [q4.0 / n, q64.0 / n],
+        );
         let (rwn, bwn, q4wn, q64wn) = (wn("raw"), wn("budge"), wn("qcow2-4k"), wn("qcow2-64k"));
         println!(
             "| {l} | {} writes without the flush (qcow2: `-t unsafe`, net) | {} | {} | {:.2} | {} | {:.1} | {} | {:.1} |",
@@ -818,36 +806,15 @@ fn report(results: &[FsResult]) {
             fmt_d(bf),
             ratio(bf, rf)
         );
-        println!(
-            "| {l} | {} reads | {} | {} | {:.2} | {} ({}) | {:.1} | {} ({}) | {:.1} |",
-            r.ops,
-            fmt_d(rr),
-            fmt_d(br),
-            ratio(br, rr),
-            fmt_d(q4.2),
-            fmt_d(q4.3),
-            ratio(q4.2, br),
-            fmt_d(q64.2),
-            fmt_d(q64.3),
-            ratio(q64.2, br)
-        );
-        let (rro, bro) = (
-            med(r, "raw", |m| m.read_op.0),
-            med(r, "budge", |m| m.read_op.0),
-        );
-        println!(
-            "| {l} | read, per op: median (p99; mean); qcow2 net/ops | {} ({}; {}) | {} ({}; {}) | {:.2} | {} | {:.1} | {} | {:.1} |",
-            fmt_d(rro),
-            fmt_d(med(r, "raw", |m| m.read_op.1)),
-            fmt_d(rr / n),
-            fmt_d(bro),
-            fmt_d(med(r, "budge", |m| m.read_op.1)),
-            fmt_d(br / n),
-            ratio(bro, rro),
-            fmt_d(q4.2 / n),
-            ratio(q4.2 / n, bro),
-            fmt_d(q64.2 / n),
-            ratio(q64.2 / n, bro)
+        let reads = format!("{} reads", r.ops);
+        totals_row(l, &reads, [rr, br], [q4.2, q4.3], [q64.2, q64.3]);
+        let (rro, bro) = per_op_row(
+            l,
+            "read, per op: median (p99; mean); qcow2 net/ops",
+            r,
+            |m| m.read_op,
+            [rr / n, br / n],
+            [q4.2 / n, q64.2 / n],
         );
         println!(
             "| {l} | qemu-io startup subtracted (write, read) | | | | {}, {} | | {}, {} | |",
@@ -978,17 +945,7 @@ fn main() {
             "--ops" => ops = it.next().expect("--ops N").parse().expect("--ops N"),
             "--runs" => runs = it.next().expect("--runs N").parse().expect("--runs N"),
             s if s.starts_with("--") => panic!("unknown option {s}"),
-            s => dirs.push(match s.split_once(':') {
-                Some((l, d)) => (l.to_string(), PathBuf::from(d)),
-                None => (
-                    Path::new(s)
-                        .file_name()
-                        .unwrap()
-                        .to_string_lossy()
-                        .into_owned(),
-                    PathBuf::from(s),
-                ),
-            }),
+            s => dirs.push(dir_arg(s)),
         }
     }
     assert!(
@@ -996,11 +953,7 @@ fn main() {
         "--size: a multiple of 4 KiB"
     );
     if dirs.is_empty() {
-        let env = std::env::var("BUDGE_TEST_FS").expect("give directories or set BUDGE_TEST_FS");
-        for e in env.split(',').filter(|e| !e.is_empty()) {
-            let (l, d) = e.split_once(':').expect("BUDGE_TEST_FS: label:dir,...");
-            dirs.push((l.to_string(), PathBuf::from(d)));
-        }
+        dirs = env_dirs();
     }
     for tool in ["qemu-io", "qemu-img"] {
         if sh(tool, &["--version"]).is_empty() || sh(tool, &["--version"]).starts_with('(') {
@@ -1020,8 +973,6 @@ fn main() {
     println!(
         "\nwhole bench: {}; load at end {}",
         fmt_d(start.elapsed()),
-        fs::read_to_string("/proc/loadavg")
-            .unwrap_or_default()
-            .trim()
+        loadavg()
     );
 }

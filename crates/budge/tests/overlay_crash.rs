@@ -70,15 +70,14 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::ExitStatus;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use budge::overlay::format::ENTRIES_PER_BLOCK;
 use budge::overlay::{CommitOptions, CommitStrategy, Overlay, OverlayOptions, PageState};
-use budge::sys::{fs_shutdown, ShutdownMode};
 use budge::ErrorKind;
 use common::{say, Rng, TestFs, Worker};
+use crash::rounds::{crash_worker, kill_rounds, shutdown_rounds, Crash, Crashed, Log, Rounds};
 use crash::{iters, pause};
 
 // ---------------------------------------------------------------------------
@@ -229,10 +228,6 @@ fn hash(b: &[u8]) -> u64 {
 const WORKER_ENV: &str = "BUDGE_OVERLAY_CRASH_WORKER";
 const WORKER_TEST: &str = "overlay_crash_worker";
 
-fn verbose() -> bool {
-    std::env::var_os("BUDGE_CRASH_VERBOSE").is_some()
-}
-
 /// `Overlay::open` (or read-only), retried for up to 10 s while `Locked`:
 /// a `flock` belongs to the open file description, and a descriptor copied
 /// into a child another test thread is spawning holds it until the exec.
@@ -289,118 +284,21 @@ fn linger(w: &mut Worker, d: Duration) {
     }
 }
 
-/// How a crashed worker may have ended: killed; or, after a shutdown, at an
-/// error or by SIGBUS.
-fn exit_ok(status: ExitStatus, shutdown: bool, alive: bool) -> bool {
-    status.signal() == Some(libc::SIGKILL)
-        || (shutdown && alive && matches!(status.code(), Some(2 | 3)))
-        || (shutdown && alive && status.signal() == Some(libc::SIGBUS))
-}
-
-fn exit_key(status: ExitStatus) -> String {
-    match (status.code(), status.signal()) {
-        (Some(c), _) => format!("worker exit: code {c}"),
-        (_, Some(s)) => format!("worker exit: signal {s}"),
-        _ => "worker exit: ?".into(),
-    }
+/// Creates the overlay `ov` over `base` with `ps`-byte pages and closes
+/// it; returns its generation.
+fn create_overlay(base: &Path, ov: &Path, ps: u32) -> u64 {
+    let opts = OverlayOptions {
+        page_size: Some(ps),
+        overwrite: false,
+    };
+    let o = Overlay::create(base, ov, &opts).unwrap();
+    let gen = o.generation();
+    o.close().unwrap();
+    gen
 }
 
 fn fsync_dir(dir: &Path) {
     File::open(dir).unwrap().sync_all().unwrap();
-}
-
-/// Shuts the filesystem holding `mnt` down like a power cut.
-fn shut_down(mnt: &Path) -> Result<(), String> {
-    let d = File::open(mnt).map_err(|e| e.to_string())?;
-    fs_shutdown(&d, ShutdownMode::NoLogFlush)
-        .map_err(|e| format!("FS_IOC_SHUTDOWN on {}: {e}", mnt.display()))
-}
-
-#[derive(Default)]
-struct Stats(BTreeMap<String, u64>);
-
-impl Stats {
-    fn add(&mut self, k: impl Into<String>) {
-        self.addn(k, 1);
-    }
-    fn addn(&mut self, k: impl Into<String>, n: u64) {
-        *self.0.entry(k.into()).or_default() += n;
-    }
-    fn get(&self, k: &str) -> u64 {
-        self.0.get(k).copied().unwrap_or(0)
-    }
-}
-
-/// A session's label, seed, log and statistics.
-struct Log {
-    label: String,
-    seed: u64,
-    round: u64,
-    lines: Vec<String>,
-    stats: Stats,
-}
-
-impl Log {
-    fn new(label: String) -> Log {
-        let seed = crash::seed(&label);
-        Log {
-            label,
-            seed,
-            round: 0,
-            lines: Vec::new(),
-            stats: Stats::default(),
-        }
-    }
-
-    fn note(&mut self, s: String) {
-        if verbose() {
-            eprintln!("{} [{}] {s}", self.label, self.round);
-        }
-        self.lines.push(format!("[{}] {s}", self.round));
-    }
-
-    fn fail(&self, msg: &str) -> ! {
-        let tail: Vec<&str> = self
-            .lines
-            .iter()
-            .rev()
-            .take(80)
-            .rev()
-            .map(String::as_str)
-            .collect();
-        panic!(
-            "{}: round {}: {msg}\nseed {:#x} (BUDGE_CRASH_SEED={:#x})\nlog tail:\n  {}",
-            self.label,
-            self.round,
-            self.seed,
-            self.seed,
-            tail.join("\n  ")
-        );
-    }
-
-    fn report(&self, elapsed: Duration) {
-        let mut s = format!(
-            "{}: {} rounds in {:.1} s (seed {:#x}):",
-            self.label,
-            self.stats.get("rounds verified"),
-            elapsed.as_secs_f64(),
-            self.seed,
-        );
-        for (k, n) in &self.stats.0 {
-            s.push_str(&format!("\n  {k}: {n}"));
-        }
-        eprintln!("{s}");
-    }
-
-    /// Records the worker's lines in the log, each marked before or after
-    /// the crash began.
-    fn log_lines(&mut self, lines: &[(Instant, String)], down: Instant) {
-        for (at, l) in lines {
-            let when = if *at < down { "before" } else { "after" };
-            self.lines
-                .push(format!("[{}] worker ({when}): {l}", self.round));
-        }
-    }
 }
 
 /// The worker: runs only when re-executed by a crash test.
@@ -913,9 +811,6 @@ struct WSession {
     model: WModel,
 }
 
-type Crash<'a, S> = &'a mut dyn FnMut(&S, &mut Worker);
-type Remount<'a, S> = &'a mut dyn FnMut(&S);
-
 impl WSession {
     fn new(label: String, dir: &Path, ps: u32) -> WSession {
         let log = Log::new(label);
@@ -924,17 +819,7 @@ impl WSession {
         std::fs::write(&base, &bytes).unwrap();
         File::open(&base).unwrap().sync_all().unwrap();
         fsync_dir(dir);
-        let o = Overlay::create(
-            &base,
-            &ov,
-            &OverlayOptions {
-                page_size: Some(ps),
-                overwrite: false,
-            },
-        )
-        .unwrap();
-        let gen = o.generation();
-        o.close().unwrap();
+        let gen = create_overlay(&base, &ov, ps);
         WSession {
             log,
             ov,
@@ -945,14 +830,15 @@ impl WSession {
     fn fail(&self, msg: &str) -> ! {
         self.log.fail(msg)
     }
+}
 
-    fn round(
-        &mut self,
-        rng: &mut Rng,
-        shutdown: bool,
-        crash: Crash<'_, WSession>,
-        remount: Remount<'_, WSession>,
-    ) {
+impl Rounds for WSession {
+    fn log(&mut self) -> &mut Log {
+        &mut self.log
+    }
+
+    fn round(&mut self, rng: &mut Rng, crash: Crash<'_>) {
+        let shutdown = crash.shutdown;
         let t = WTrigger::pick(rng);
         let wseed = rng.next();
         let count = rng.between(100, 2500);
@@ -973,17 +859,12 @@ impl WSession {
                 .env_remove("FAILPOINTS"),
         );
         t.fire(&mut w);
-        let alive = !w.exited();
-        let down = Instant::now();
-        crash(self, &mut w);
-        w.kill();
-        let (lines, status, stderr) = w.finish(Duration::from_secs(60));
-        remount(self);
-        self.log.log_lines(&lines, down);
-        if !exit_ok(status, shutdown, alive) {
-            self.fail(&format!("worker ended with {status}: {stderr}"));
-        }
-        self.log.stats.add(exit_key(status));
+        let Crashed {
+            lines,
+            status,
+            down,
+            ..
+        } = crash_worker(&mut self.log, w, crash);
         // The ops begun, the flushes known complete.
         let (mut last, mut cert, mut finished) = (0u64, 0u64, false);
         let mut kinds: Vec<String> = Vec::new();
@@ -1124,63 +1005,20 @@ fn writes_kill(fs: &TestFs) {
         fs.dir.path(),
         ps,
     );
-    let mut rng = Rng(sess.log.seed);
-    let n = iters(10);
-    let t = Instant::now();
-    for it in 0..n {
-        sess.log.round = it;
-        sess.round(&mut rng, false, &mut |_, w| w.kill(), &mut |_| {});
-    }
-    sess.log.report(t.elapsed());
-    assert_eq!(sess.log.stats.get("rounds verified"), n);
+    kill_rounds(&mut sess, iters(10));
 }
 
 fs_test!(kill9_during_writes, writes_kill);
 
 fn writes_shutdown(kind: &'static str) {
-    let Some(mut fs) = crash::loop_fs(kind, "overlay writes shutdown test") else {
-        return;
-    };
-    let dir = fs.path().join("d");
-    std::fs::create_dir(&dir).unwrap();
-    fsync_dir(fs.path());
     let ps = writes_page_size(kind, true);
-    let mut sess = WSession::new(
-        format!("overlay writes shutdown {kind} ({} KiB pages)", ps >> 10),
-        &dir,
-        ps,
-    );
-    let mut rng = Rng(sess.log.seed);
-    let n = iters(8);
-    let t = Instant::now();
-    let mnt = fs.path().to_path_buf();
-    for it in 0..n {
-        sess.log.round = it;
-        let fs_ref = &mut fs;
-        sess.round(
-            &mut rng,
-            true,
-            &mut |s, _| {
-                if let Err(e) = shut_down(&mnt) {
-                    s.fail(&e);
-                }
-            },
-            &mut |s| {
-                if let Err(e) = fs_ref.cycle() {
-                    s.fail(&format!("remount after the shutdown: {e}"));
-                }
-            },
-        );
-    }
-    if let Some(e) = fs.fsck() {
-        eprintln!(
-            "WARNING: {}: fsck after the shutdowns complains: {e}",
-            sess.log.label
-        );
-        sess.log.stats.add(format!("FSCK COMPLAINED: {e}"));
-    }
-    sess.log.report(t.elapsed());
-    assert_eq!(sess.log.stats.get("rounds verified"), n);
+    shutdown_rounds(kind, "overlay writes shutdown test", iters(8), |dir| {
+        WSession::new(
+            format!("overlay writes shutdown {kind} ({} KiB pages)", ps >> 10),
+            dir,
+            ps,
+        )
+    });
 }
 
 kind_tests!(writes_shutdown; shutdown_during_writes_xfs = "xfs", shutdown_during_writes_ext4 = "ext4");
@@ -1352,17 +1190,7 @@ impl CSession {
         f.sync_all().unwrap();
         drop(f);
         fsync_dir(dir);
-        Overlay::create(
-            &base,
-            &ov,
-            &OverlayOptions {
-                page_size: Some(CPS as u32),
-                overwrite: false,
-            },
-        )
-        .unwrap()
-        .close()
-        .unwrap();
+        create_overlay(&base, &ov, CPS as u32);
         let mut strategies = vec![CommitStrategy::InPlace, CommitStrategy::Copy];
         if budge::probe(dir).unwrap().ficlone.works {
             strategies.push(CommitStrategy::Reflink);
@@ -1481,14 +1309,15 @@ impl CSession {
             .unwrap_or(Duration::from_millis(200));
         CTrigger::Begin(est.mul_f64(rng.below(1300) as f64 / 1000.0))
     }
+}
 
-    fn round(
-        &mut self,
-        rng: &mut Rng,
-        shutdown: bool,
-        crash: Crash<'_, CSession>,
-        remount: Remount<'_, CSession>,
-    ) {
+impl Rounds for CSession {
+    fn log(&mut self) -> &mut Log {
+        &mut self.log
+    }
+
+    fn round(&mut self, rng: &mut Rng, crash: Crash<'_>) {
+        let shutdown = crash.shutdown;
         let strategy = self.strategies[rng.below(self.strategies.len() as u64) as usize];
         let big = strategy == CommitStrategy::InPlace && rng.chance(50);
         let tp = Instant::now();
@@ -1530,18 +1359,13 @@ impl CSession {
                 }
             }
         }
-        let alive = !w.exited();
-        let down = Instant::now();
-        crash(self, &mut w);
-        w.kill();
-        let (lines, status, stderr) = w.finish(Duration::from_secs(60));
-        remount(self);
-        self.log.log_lines(&lines, down);
-        if !exit_ok(status, shutdown, alive) {
-            self.fail(&format!("worker ended with {status}: {stderr}"));
-        }
+        let Crashed {
+            lines,
+            status,
+            down,
+            ..
+        } = crash_worker(&mut self.log, w, crash);
         let sn = strategy.name();
-        self.log.stats.add(exit_key(status));
         // What the worker got to.
         let (mut begin, mut done, mut done_certain, mut pieces) = (None, None, false, 0);
         let mut resumed_before = false;
@@ -1720,7 +1544,9 @@ impl CSession {
         ));
         self.log.stats.add("rounds verified");
     }
+}
 
+impl CSession {
     /// Starts a worker that opens the overlay (finishing the interrupted
     /// commit) and kills it part-way.
     fn recover_crash(&mut self, rng: &mut Rng) {
@@ -1804,58 +1630,15 @@ fn compare(
 
 fn commit_kill(fs: &TestFs) {
     let mut sess = CSession::new(format!("overlay commit kill-9 {}", fs.kind), fs.dir.path());
-    let mut rng = Rng(sess.log.seed);
-    let n = iters(8);
-    let t = Instant::now();
-    for it in 0..n {
-        sess.log.round = it;
-        sess.round(&mut rng, false, &mut |_, w| w.kill(), &mut |_| {});
-    }
-    sess.log.report(t.elapsed());
-    assert_eq!(sess.log.stats.get("rounds verified"), n);
+    kill_rounds(&mut sess, iters(8));
 }
 
 fs_test!(kill9_during_commit, commit_kill);
 
 fn commit_shutdown(kind: &'static str) {
-    let Some(mut fs) = crash::loop_fs(kind, "overlay commit shutdown test") else {
-        return;
-    };
-    let dir = fs.path().join("d");
-    std::fs::create_dir(&dir).unwrap();
-    fsync_dir(fs.path());
-    let mut sess = CSession::new(format!("overlay commit shutdown {kind}"), &dir);
-    let mut rng = Rng(sess.log.seed);
-    let n = iters(6);
-    let t = Instant::now();
-    let mnt = fs.path().to_path_buf();
-    for it in 0..n {
-        sess.log.round = it;
-        let fs_ref = &mut fs;
-        sess.round(
-            &mut rng,
-            true,
-            &mut |s, _| {
-                if let Err(e) = shut_down(&mnt) {
-                    s.fail(&e);
-                }
-            },
-            &mut |s| {
-                if let Err(e) = fs_ref.cycle() {
-                    s.fail(&format!("remount after the shutdown: {e}"));
-                }
-            },
-        );
-    }
-    if let Some(e) = fs.fsck() {
-        eprintln!(
-            "WARNING: {}: fsck after the shutdowns complains: {e}",
-            sess.log.label
-        );
-        sess.log.stats.add(format!("FSCK COMPLAINED: {e}"));
-    }
-    sess.log.report(t.elapsed());
-    assert_eq!(sess.log.stats.get("rounds verified"), n);
+    shutdown_rounds(kind, "overlay commit shutdown test", iters(6), |dir| {
+        CSession::new(format!("overlay commit shutdown {kind}"), dir)
+    });
 }
 
 kind_tests!(commit_shutdown; shutdown_during_commit_xfs = "xfs", shutdown_during_commit_ext4 = "ext4");
@@ -1893,17 +1676,7 @@ fn reserve_kill(fs: &TestFs) {
     std::fs::write(&basep, stamped(0, SIZE, BASE)).unwrap();
     File::open(&basep).unwrap().sync_all().unwrap();
     fsync_dir(dir);
-    Overlay::create(
-        &basep,
-        &ovp,
-        &OverlayOptions {
-            page_size: Some(CPS as u32),
-            overwrite: false,
-        },
-    )
-    .unwrap()
-    .close()
-    .unwrap();
+    create_overlay(&basep, &ovp, CPS as u32);
     let mut base = vec![BASE; pages as usize];
     let mut ov_ids = vec![ZEROS; pages as usize];
     let name = |id: u64| match id {
@@ -2025,7 +1798,7 @@ fn reserve_kill(fs: &TestFs) {
         });
         log.stats.add("rounds verified");
     }
-    log.report(t.elapsed());
+    log.report(t.elapsed(), "");
     assert_eq!(log.stats.get("rounds verified"), n);
 }
 

@@ -17,11 +17,11 @@
 //! page is partial). `BUDGE_OVERLAY_QEMU_SEED` repeats a run.
 mod common;
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use budge::overlay::{CommitOptions, CommitStrategy, Overlay, OverlayOptions};
+use common::qemu::{qemu_img_commit, qemu_img_create, qemu_io};
 use common::{data, in_ci, read_all, seed, Rng, TestFs};
 
 /// One step of the sequence.
@@ -118,37 +118,14 @@ fn qemu_apply(image: &Path, ops: &[Op], srcdir: &Path) {
         }
     }
     script.push_str("flush\nquit\n");
-    let mut child = Command::new("qemu-io")
-        .args(["-t", "writeback", "-f", "qcow2"])
-        .arg(image)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn qemu-io");
-    let mut stdin = child.stdin.take().unwrap();
-    let feeder = std::thread::spawn(move || stdin.write_all(script.as_bytes()));
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    feeder.join().unwrap().unwrap();
-    let status = child.wait().unwrap();
-    let rest = out.replace("qemu-io> ", "");
+    let r = qemu_io(image, "writeback", script);
     assert!(
-        status.success() && rest.trim().is_empty() && err.trim().is_empty(),
-        "qemu-io on {} ({status}):\nstdout: {rest}\nstderr: {err}",
-        image.display()
+        r.ok(),
+        "qemu-io on {} ({}):\nstdout: {}\nstderr: {}",
+        image.display(),
+        r.status,
+        r.out,
+        r.err
     );
 }
 
@@ -212,21 +189,9 @@ fn qemu_vs_budge(fs: &TestFs) {
         let b = fs.path(&format!("base-q{cluster}"));
         let q = fs.path(&format!("ov-{cluster}.qcow2"));
         fs.file_with(&format!("base-q{cluster}"), &base);
-        run(
-            Command::new("qemu-img")
-                .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-                .arg(&b)
-                .args(["-o", &format!("cluster_size={cluster}")])
-                .arg(&q),
-            "qemu-img create",
-        );
+        run(&mut qemu_img_create(&b, cluster, &q), "qemu-img create");
         qemu_apply(&q, &ops, &srcdir);
-        run(
-            Command::new("qemu-img")
-                .args(["commit", "-q", "-t", "writeback", "-f", "qcow2"])
-                .arg(&q),
-            "qemu-img commit",
-        );
+        run(&mut qemu_img_commit(&q), "qemu-img commit");
         committed.push((format!("qcow2 cluster {cluster}"), b));
     }
 

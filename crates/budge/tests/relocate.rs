@@ -12,7 +12,9 @@ mod loopfs;
 
 use std::fs::File;
 
-use budge::relocate::{relocate, relocate_path, RelocateOptions, RelocateStrategy, SkipReason};
+use budge::relocate::{
+    relocate, relocate_path, RelocateOptions, RelocateReport, RelocateStrategy, SkipReason,
+};
 use budge::ErrorKind;
 use common::{data, fill_fs, fragmented, read_all, run_small, TestFs};
 
@@ -29,6 +31,31 @@ fn opts(chunk: u64) -> RelocateOptions<'static> {
         chunk,
         ..RelocateOptions::default()
     }
+}
+
+/// Whether every chunk `r` skipped was skipped for `why`.
+fn all_skipped(r: &RelocateReport, why: SkipReason) -> bool {
+    r.chunks_skipped.iter().all(|c| c.reason == why)
+}
+
+/// `r` moved no chunk: every one was skipped for `why`.
+#[track_caller]
+fn assert_none_moved(r: &RelocateReport, why: SkipReason) {
+    assert_eq!(r.chunks_moved, 0, "{r:?}");
+    assert!(all_skipped(r, why), "{r:?}");
+}
+
+/// Sets failpoint `name` (in a `FailScenario` the caller set up) to call
+/// `f` in this thread only: other tests' threads pass it untouched.
+#[cfg(feature = "failpoints")]
+fn in_this_thread(name: &str, f: impl Fn() + Send + Sync + 'static) {
+    let me = std::thread::current().id();
+    fail::cfg_callback(name, move || {
+        if std::thread::current().id() == me {
+            f();
+        }
+    })
+    .unwrap();
 }
 
 /// Whether `fs` is an XFS with the reverse-mapping btree (where swapext
@@ -254,14 +281,8 @@ fs_test!(shared_extents_left_unless_unshare, |fs| {
     let copy = fs.file_with("copy", &[]);
     budge::copy::clone_file(&f, &copy).unwrap();
     let r = relocate(&f, &opts(1 << 20)).unwrap();
-    assert_eq!(r.chunks_moved, 0, "{r:?}");
     assert!(r.chunks > 0);
-    assert!(
-        r.chunks_skipped
-            .iter()
-            .all(|c| c.reason == SkipReason::Shared),
-        "{r:?}"
-    );
+    assert_none_moved(&r, SkipReason::Shared);
     let o = RelocateOptions {
         unshare: true,
         ..opts(1 << 20)
@@ -408,51 +429,33 @@ fn enospc_part_way(kind: &'static str) {
                 ..opts(1 << 20)
             };
             let r = relocate(&f, &o).unwrap();
-            assert_eq!(r.chunks_moved, 0, "{r:?}");
-            assert!(
-                r.chunks_skipped
-                    .iter()
-                    .all(|c| c.reason == SkipReason::NoSpace),
-                "{r:?}"
-            );
+            assert_none_moved(&r, SkipReason::NoSpace);
             assert!(read_all(&f) == d, "{kind}: swapext changed content");
             assert_eq!(extent_count(&f), Some(r.extents_before));
         }
         let scenario = fail::FailScenario::setup();
-        let me = std::thread::current().id();
         let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let armed2 = armed.clone();
-        fail::cfg_callback("budge::relocate::before-swap", move || {
-            if std::thread::current().id() == me {
-                armed2.store(true, std::sync::atomic::Ordering::SeqCst);
-            }
-        })
-        .unwrap();
+        in_this_thread("budge::relocate::before-swap", move || {
+            armed2.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
         let taken: Arc<Mutex<Vec<File>>> = Arc::default();
         let (rest_path, taken2) = (fs.path("rest"), taken.clone());
         // Once the first chunk is under way, every donor allocation finds
         // the space gone.
-        fail::cfg_callback("budge::relocate::donor-alloc", move || {
-            if std::thread::current().id() == me && armed.load(std::sync::atomic::Ordering::SeqCst)
-            {
-                let mut t = taken2.lock().unwrap();
-                let rest = File::options()
-                    .create(true)
-                    .write(true)
-                    .open(format!("{}.{}", rest_path.display(), t.len()))
-                    .unwrap();
-                let mut at = 0;
-                let mut n = 1u64 << 20;
-                while n >= 4096 {
-                    match budge::sys::fallocate(&rest, budge::sys::Falloc::Allocate, at, n) {
-                        Ok(()) => at += n,
-                        Err(_) => n /= 2,
-                    }
-                }
-                t.push(rest);
+        in_this_thread("budge::relocate::donor-alloc", move || {
+            if !armed.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
             }
-        })
-        .unwrap();
+            let mut t = taken2.lock().unwrap();
+            let rest = File::options()
+                .create(true)
+                .write(true)
+                .open(format!("{}.{}", rest_path.display(), t.len()))
+                .unwrap();
+            common::allocate_greedily(&rest, 1 << 20, |_| false);
+            t.push(rest);
+        });
         // The per-chunk donor strategies (btrfs-defrag allocates inside
         // the kernel, swapext is all or nothing).
         let donor_opts = RelocateOptions {
@@ -476,12 +479,7 @@ fn enospc_part_way(kind: &'static str) {
                 .any(|c| c.reason == SkipReason::NoSpace),
             "{r:?}"
         );
-        assert!(
-            r.chunks_skipped
-                .iter()
-                .all(|c| c.reason == SkipReason::NoSpace),
-            "{r:?}"
-        );
+        assert!(all_skipped(&r, SkipReason::NoSpace), "{r:?}");
         assert_eq!(
             r.chunks_moved + r.chunks_skipped.len() as u64,
             r.chunks,
@@ -542,13 +540,7 @@ fn enospc(kind: &'static str) {
         let o = opts(1 << 20);
         match relocate(&f, &o) {
             Ok(r) => {
-                assert_eq!(r.chunks_moved, 0, "{r:?}");
-                assert!(
-                    r.chunks_skipped
-                        .iter()
-                        .all(|c| c.reason == SkipReason::NoSpace),
-                    "{r:?}"
-                );
+                assert_none_moved(&r, SkipReason::NoSpace);
                 if kind == "xfs" {
                     // The whole-file swap found no space and gave way to
                     // the per-chunk dedupe, which found none either.
@@ -596,20 +588,16 @@ fs_test!(racing_write_is_kept, |fs| {
     }
     let (f, mut d) = fragmented(fs, "f", 4 << 20, 9);
     let scenario = fail::FailScenario::setup();
-    let me = std::thread::current().id();
     let racer = f.try_clone().unwrap();
     let new = data(4096, 99);
     let fired = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let fired2 = fired.clone();
     let new2 = new.clone();
-    fail::cfg_callback("budge::relocate::before-swap", move || {
-        if std::thread::current().id() == me
-            && !fired2.swap(true, std::sync::atomic::Ordering::SeqCst)
-        {
+    in_this_thread("budge::relocate::before-swap", move || {
+        if !fired2.swap(true, std::sync::atomic::Ordering::SeqCst) {
             std::os::unix::fs::FileExt::write_all_at(&racer, &new2, 8192).unwrap();
         }
-    })
-    .unwrap();
+    });
     // The donor strategies: btrfs-defrag has no window between copy and
     // swap (the kernel rewrites through the page cache).
     let o = RelocateOptions {
@@ -623,13 +611,7 @@ fs_test!(racing_write_is_kept, |fs| {
     assert!(read_all(&f) == d, "{}: racing write lost", fs.kind);
     if r.strategy == RelocateStrategy::SwapExt {
         // The kernel saw the file's times change: nothing was swapped.
-        assert_eq!(r.chunks_moved, 0, "{r:?}");
-        assert!(
-            r.chunks_skipped
-                .iter()
-                .all(|c| c.reason == SkipReason::Differs),
-            "{r:?}"
-        );
+        assert_none_moved(&r, SkipReason::Differs);
     } else if r.strategy == RelocateStrategy::Dedupe {
         assert_eq!(r.chunks_skipped[0].offset, 0, "{r:?}");
         assert_eq!(r.chunks_skipped[0].reason, SkipReason::Differs, "{r:?}");
@@ -668,23 +650,18 @@ fn stores_through_a_dirty_mapping(fs: &TestFs) {
         map.as_mut_slice().unwrap()[8192..8192 + 100].fill(0x11);
         d[8192..8192 + 100].fill(0x11);
         let scenario = fail::FailScenario::setup();
-        let me = std::thread::current().id();
         let (go_tx, go_rx) = channel::<()>();
         let (done_tx, done_rx) = channel::<()>();
         let go = Arc::new(Mutex::new(Some(go_tx)));
         let done = Arc::new(Mutex::new(done_rx));
         let (go2, done2) = (go.clone(), done.clone());
-        fail::cfg_callback("budge::relocate::before-swap", move || {
-            if std::thread::current().id() != me {
-                return;
-            }
+        in_this_thread("budge::relocate::before-swap", move || {
             let tx = go2.lock().unwrap().take();
             if let Some(tx) = tx {
                 tx.send(()).unwrap();
                 done2.lock().unwrap().recv().unwrap();
             }
-        })
-        .unwrap();
+        });
         let r = std::thread::scope(|sc| {
             let map = &mut map;
             let writer = sc.spawn(move || {

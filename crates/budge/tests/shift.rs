@@ -4,8 +4,10 @@
 
 mod common;
 
+use std::fs::File;
+
 use budge::map::SharedMap;
-use budge::{collapse, insert, ErrorKind, Policy, ShiftOptions, Strategy};
+use budge::{collapse, insert, ErrorKind, Policy, ShiftOptions, ShiftReport, Strategy};
 use common::{data, forced, model_collapse, model_insert, read_all, shift_strategies, TestFs};
 
 const BS: usize = 4096;
@@ -19,14 +21,42 @@ fn unchanged(fs: &TestFs, name: &str, orig: &[u8]) {
     );
 }
 
-fs_test!(insert_with_every_strategy, |fs| {
+fn metadata_only() -> ShiftOptions<'static> {
+    ShiftOptions {
+        policy: Policy::MetadataOnly,
+        ..ShiftOptions::default()
+    }
+}
+
+/// Shifts a fresh file of `len` bytes with `op` (insert or collapse) of
+/// `n` blocks at block `at`, once with each strategy that runs on `fs`:
+/// each reports itself and the new size, and the file holds what `model`
+/// makes of the original. Returns each strategy's report and the original.
+fn with_every_strategy(
+    fs: &TestFs,
+    (len, seed): (usize, u64),
+    op: impl Fn(&File, u64, u64, &ShiftOptions<'_>) -> budge::Result<ShiftReport>,
+    model: fn(&[u8], usize, usize) -> Vec<u8>,
+    (at, n): (usize, usize),
+) -> Vec<(Strategy, ShiftReport, Vec<u8>)> {
+    let mut v = Vec::new();
     for s in shift_strategies(fs) {
-        let orig = data(64 * BS + 123, 1);
+        let orig = data(len, seed);
         let f = fs.file_with("f", &orig);
-        let r = insert(&f, 10 * BS as u64, 3 * BS as u64, &forced(s)).unwrap();
+        let r = op(&f, (at * BS) as u64, (n * BS) as u64, &forced(s)).unwrap();
+        let want = model(&orig, at * BS, n * BS);
         assert_eq!(r.strategy, s, "on {}", fs.kind);
+        assert_eq!(r.new_size, want.len() as u64);
+        assert!(read_all(&f) == want, "{s} on {}", fs.kind);
+        v.push((s, r, orig));
+    }
+    v
+}
+
+fs_test!(insert_with_every_strategy, |fs| {
+    let reports = with_every_strategy(fs, (64 * BS + 123, 1), insert, model_insert, (10, 3));
+    for (s, r, orig) in reports {
         assert_eq!(r.old_size, orig.len() as u64);
-        assert_eq!(r.new_size, orig.len() as u64 + 3 * BS as u64);
         let tail = (orig.len() - 10 * BS) as u64;
         match s {
             Strategy::Native | Strategy::Reflink => {
@@ -35,27 +65,11 @@ fs_test!(insert_with_every_strategy, |fs| {
             }
             _ => assert_eq!(r.bytes_copied, tail),
         }
-        assert!(
-            read_all(&f) == model_insert(&orig, 10 * BS, 3 * BS),
-            "{s} on {}",
-            fs.kind
-        );
     }
 });
 
 fs_test!(collapse_with_every_strategy, |fs| {
-    for s in shift_strategies(fs) {
-        let orig = data(64 * BS + 77, 2);
-        let f = fs.file_with("f", &orig);
-        let r = collapse(&f, 8 * BS as u64, 5 * BS as u64, &forced(s)).unwrap();
-        assert_eq!(r.strategy, s);
-        assert_eq!(r.new_size, orig.len() as u64 - 5 * BS as u64);
-        assert!(
-            read_all(&f) == model_collapse(&orig, 8 * BS, 5 * BS),
-            "{s} on {}",
-            fs.kind
-        );
-    }
+    with_every_strategy(fs, (64 * BS + 77, 2), collapse, model_collapse, (8, 5));
 });
 
 fs_test!(best_strategy_is_chosen_per_filesystem, |fs| {
@@ -81,10 +95,7 @@ fs_test!(best_strategy_is_chosen_per_filesystem, |fs| {
 fs_test!(unaligned_ranges_copy_or_refuse, |fs| {
     let orig = data(16 * BS, 4);
     let f = fs.file_with("f", &orig);
-    let meta = ShiftOptions {
-        policy: Policy::MetadataOnly,
-        ..ShiftOptions::default()
-    };
+    let meta = metadata_only();
     // tmpfs has no metadata strategy at all: alignment would not help.
     let want = if fs.kind == "tmpfs" {
         ErrorKind::Unsupported
@@ -116,10 +127,7 @@ fs_test!(unaligned_ranges_copy_or_refuse, |fs| {
 fs_test!(metadata_only_where_only_copies_work, |fs| {
     let orig = data(16 * BS, 5);
     let f = fs.file_with("f", &orig);
-    let meta = ShiftOptions {
-        policy: Policy::MetadataOnly,
-        ..ShiftOptions::default()
-    };
+    let meta = metadata_only();
     let r = insert(&f, 4 * BS as u64, BS as u64, &meta);
     if fs.kind == "tmpfs" {
         let e = r.unwrap_err();
@@ -182,10 +190,7 @@ fs_test!(edge_cases_at_and_past_eof, |fs| {
     unchanged(fs, "f", &orig);
 
     // Insert at EOF extends with zeros, under metadata-only too.
-    let meta = ShiftOptions {
-        policy: Policy::MetadataOnly,
-        ..ShiftOptions::default()
-    };
+    let meta = metadata_only();
     let r = insert(&f, size, 100, &meta).unwrap();
     assert_eq!(r.strategy, Strategy::Extend);
     assert!(read_all(&f) == model_insert(&orig, orig.len(), 100));

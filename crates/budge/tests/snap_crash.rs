@@ -43,13 +43,12 @@ mod snapver;
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use budge::snap::{self, OnConflict, SnapOptions, SnapshotMut};
-use budge::sys::{fs_shutdown, ShutdownMode};
 use common::{say, Rng, TestFs, Worker};
+use crash::rounds::{crash_worker, kill_rounds, shutdown_rounds, Crash, Crashed, Log, Rounds};
 use crash::{iters, pause};
 use snapver::{check_version, fill_version, version_len, HEADER, PAGE};
 
@@ -74,10 +73,6 @@ fn len_of_version(v: u64) -> usize {
 
 fn seed(label: &str) -> u64 {
     snapver::seed("BUDGE_CRASH_SEED", label)
-}
-
-fn verbose() -> bool {
-    std::env::var_os("BUDGE_CRASH_VERBOSE").is_some()
 }
 
 // ---------------------------------------------------------------------------
@@ -223,27 +218,11 @@ enum Trigger {
     Mark(u64, Duration),
 }
 
-#[derive(Default)]
-struct Stats(BTreeMap<String, u64>);
-
-impl Stats {
-    fn add(&mut self, k: impl Into<String>) {
-        *self.0.entry(k.into()).or_default() += 1;
-    }
-    fn get(&self, k: &str) -> u64 {
-        self.0.get(k).copied().unwrap_or(0)
-    }
-}
-
 struct Session {
-    label: String,
-    seed: u64,
+    log: Log,
     path: PathBuf,
     /// The version the path holds (verified).
     version: u64,
-    stats: Stats,
-    log: Vec<String>,
-    round: u64,
 }
 
 impl Session {
@@ -258,36 +237,14 @@ impl Session {
             .sync_all()
             .unwrap();
         Session {
-            label,
-            seed,
+            log: Log::with_seed(label, seed),
             path,
             version: 0,
-            stats: Stats::default(),
-            log: Vec::new(),
-            round: 0,
         }
-    }
-
-    fn note(&mut self, s: String) {
-        if verbose() {
-            eprintln!("{} [{}] {s}", self.label, self.round);
-        }
-        self.log.push(format!("[{}] {s}", self.round));
     }
 
     fn fail(&self, msg: &str) -> ! {
-        let tail: Vec<&String> = self.log.iter().rev().take(60).rev().collect();
-        panic!(
-            "{}: round {}: {msg}\nseed {:#x} (BUDGE_CRASH_SEED={:#x})\nlog tail:\n  {}",
-            self.label,
-            self.round,
-            self.seed,
-            self.seed,
-            tail.iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join("\n  ")
-        );
+        self.log.fail(msg)
     }
 
     fn trigger(&self, rng: &mut Rng) -> Trigger {
@@ -349,16 +306,15 @@ impl Session {
             }
         }
     }
+}
 
-    /// Runs one round: a worker, a crash by `crash`, the checks. `shutdown`:
-    /// `crash` shut the filesystem down (and `remount` brings it back).
-    fn round(
-        &mut self,
-        rng: &mut Rng,
-        shutdown: bool,
-        crash: &mut dyn FnMut(&Session, &mut Worker),
-        remount: &mut dyn FnMut(&Session),
-    ) {
+impl Rounds for Session {
+    fn log(&mut self) -> &mut Log {
+        &mut self.log
+    }
+
+    fn round(&mut self, rng: &mut Rng, crash: Crash<'_>) {
+        let shutdown = crash.shutdown;
         let t = self.trigger(rng);
         let sleep_ms = if matches!(t, Trigger::Mark(..)) {
             40
@@ -366,7 +322,7 @@ impl Session {
             0
         };
         let wseed = rng.next();
-        self.note(format!(
+        self.log.note(format!(
             "round from version {}: {t:?}, worker seed {wseed:#x}",
             self.version
         ));
@@ -377,33 +333,16 @@ impl Session {
             // the rename, so the temporary name survives the shutdown.
             let d = File::open(self.path.parent().unwrap()).unwrap();
             rustix::fs::syncfs(&d).unwrap();
-            self.stats
+            self.log
+                .stats
                 .add("syncfs at the failpoint before the shutdown");
         }
-        let alive = !w.exited();
-        let down = Instant::now();
-        crash(self, &mut w);
-        w.kill();
-        let (lines, status, stderr) = w.finish(Duration::from_secs(60));
-        remount(self);
-        for (at, l) in &lines {
-            let when = if *at < down { "before" } else { "after" };
-            self.log
-                .push(format!("[{}] worker ({when}): {l}", self.round));
-        }
-        // How the worker ended: killed; or, after a shutdown, stopped at
-        // an error or by SIGBUS (its mapping is on the dead filesystem).
-        let ok_exit = status.signal() == Some(libc::SIGKILL)
-            || (shutdown && alive && matches!(status.code(), Some(2 | 3)))
-            || (shutdown && alive && status.signal() == Some(libc::SIGBUS));
-        if !ok_exit {
-            self.fail(&format!("worker ended with {status}: {stderr}"));
-        }
-        if let Some(c) = status.code() {
-            self.stats.add(format!("worker exit: code {c}"));
-        } else if let Some(s) = status.signal() {
-            self.stats.add(format!("worker exit: signal {s}"));
-        }
+        let Crashed {
+            lines,
+            status,
+            down,
+            alive,
+        } = crash_worker(&mut self.log, w, crash);
         // The commits: certain are those reported done (before the
         // shutdown began, after one); the outcome may be any version from
         // there up to the last one begun.
@@ -438,7 +377,7 @@ impl Session {
                 }
                 "mark" => marks += 1,
                 "error" if shutdown && !before => {
-                    self.stats.add("worker error after the shutdown");
+                    self.log.stats.add("worker error after the shutdown");
                 }
                 "error" => self.fail(&format!("worker: {l}")),
                 "cleaned" => self.fail(&format!(
@@ -458,11 +397,13 @@ impl Session {
             }
         }
         if !opened && alive {
-            self.stats.add("crash before the worker opened the file");
+            self.log
+                .stats
+                .add("crash before the worker opened the file");
         }
-        self.stats.add(format!("crash point: {last_before}"));
+        self.log.stats.add(format!("crash point: {last_before}"));
         if matches!(t, Trigger::Mark(..)) && marks > 0 {
-            self.stats.add("crash at the failpoint");
+            self.log.stats.add("crash at the failpoint");
         }
         // The file: exactly one complete version in [certain, begun].
         let got = match std::fs::read(&self.path) {
@@ -480,20 +421,27 @@ impl Session {
                 "the path holds version {v}; expected one in [{certain}, {begun}] (the last commit returned before the crash, the last begun)"
             ));
         }
-        self.stats.add(match (v == certain, begun == certain) {
+        self.log.stats.add(match (v == certain, begun == certain) {
             (true, true) => "outcome: nothing in flight",
             (true, false) => "outcome: the interrupted commit did not happen",
             (false, _) if v == begun => "outcome: the last commit begun is there",
             _ => "outcome: an uncertain earlier commit is there",
         });
-        self.note(format!(
+        self.log.note(format!(
             "{status}; found version {v}, certain {certain}, begun {begun}, crash point {last_before}"
         ));
         self.check_strays(rng, v, begun);
         self.version = v;
-        self.stats.add("rounds verified");
+        self.log.stats.add("rounds verified");
     }
 
+    fn report(&mut self, elapsed: Duration) {
+        self.log
+            .report(elapsed, &format!(", at version {}", self.version));
+    }
+}
+
+impl Session {
     /// The crash's leftovers: only a `.NAME.budge-commit` file, a
     /// complete version that was begun; clean-up removes all of them.
     /// `found`: the version at the path; `begun`: the last one begun.
@@ -524,7 +472,7 @@ impl Session {
                 .and_then(|b| check_version(&b))
             {
                 Ok(v) if v > found && v <= begun => {
-                    self.note(format!("stray {n}: version {v}"));
+                    self.log.note(format!("stray {n}: version {v}"));
                 }
                 r => self.fail(&format!(
                     "stray {n} holds {r:?}, not a complete version in ({found}, {begun}]"
@@ -534,7 +482,9 @@ impl Session {
         }
         strays.sort();
         if !strays.is_empty() {
-            self.stats.add("rounds that left a stray temporary file");
+            self.log
+                .stats
+                .add("rounds that left a stray temporary file");
         }
         let mut cleaned = if rng.chance(50) {
             snap::cleanup(&self.path).unwrap_or_else(|e| self.fail(&format!("cleanup: {e}")))
@@ -557,25 +507,6 @@ impl Session {
             self.fail(&format!("strays remain after clean-up: {left:?}"));
         }
     }
-
-    fn report(&self, elapsed: Duration) {
-        let mut s = format!(
-            "{}: {} rounds in {:.1} s (seed {:#x}), at version {}:",
-            self.label,
-            self.get("rounds verified"),
-            elapsed.as_secs_f64(),
-            self.seed,
-            self.version
-        );
-        for (k, n) in &self.stats.0 {
-            s.push_str(&format!("\n  {k}: {n}"));
-        }
-        eprintln!("{s}");
-    }
-
-    fn get(&self, k: &str) -> u64 {
-        self.stats.get(k)
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -586,21 +517,17 @@ fn kill_test(fs: &TestFs) {
         format!("snapshot commit kill-9 {}", fs.kind),
         fs.path("file"),
     );
-    let mut rng = Rng(sess.seed);
     let n = iters(20);
-    let t = Instant::now();
-    for it in 0..n {
-        sess.round = it;
-        sess.round(&mut rng, false, &mut |_, w| w.kill(), &mut |_| {});
-    }
-    sess.report(t.elapsed());
-    assert_eq!(sess.get("rounds verified"), n);
+    kill_rounds(&mut sess, n);
     if cfg!(feature = "failpoints") && n >= 20 {
         assert!(
-            sess.get("rounds that left a stray temporary file") > 0,
+            sess.log
+                .stats
+                .get("rounds that left a stray temporary file")
+                > 0,
             "{}: no kill at the failpoint left a stray (seed {:#x})",
-            sess.label,
-            sess.seed
+            sess.log.label,
+            sess.log.seed
         );
     }
 }
@@ -611,44 +538,9 @@ fs_test!(kill9_during_commits, kill_test);
 // Filesystem shutdown on a private XFS or ext4.
 
 fn shutdown_test(kind: &'static str) {
-    let Some(mut fs) = crash::loop_fs(kind, "snapshot shutdown test") else {
-        return;
-    };
-    let dir = fs.path().join("d");
-    std::fs::create_dir(&dir).unwrap();
-    let mut sess = Session::new(format!("snapshot commit shutdown {kind}"), dir.join("file"));
-    let mut rng = Rng(sess.seed);
-    let n = iters(20);
-    let t = Instant::now();
-    let mnt = fs.path().to_path_buf();
-    for it in 0..n {
-        sess.round = it;
-        let fs_ref = &mut fs;
-        sess.round(
-            &mut rng,
-            true,
-            &mut |s, _| {
-                let d = File::open(&mnt).unwrap();
-                if let Err(e) = fs_shutdown(&d, ShutdownMode::NoLogFlush) {
-                    s.fail(&format!("FS_IOC_SHUTDOWN on {}: {e}", mnt.display()));
-                }
-            },
-            &mut |s| {
-                if let Err(e) = fs_ref.cycle() {
-                    s.fail(&format!("remount after the shutdown: {e}"));
-                }
-            },
-        );
-    }
-    if let Some(e) = fs.fsck() {
-        eprintln!(
-            "WARNING: {}: fsck after the shutdowns complains: {e}",
-            sess.label
-        );
-        sess.stats.add(format!("FSCK COMPLAINED: {e}"));
-    }
-    sess.report(t.elapsed());
-    assert_eq!(sess.get("rounds verified"), n);
+    shutdown_rounds(kind, "snapshot shutdown test", iters(20), |dir| {
+        Session::new(format!("snapshot commit shutdown {kind}"), dir.join("file"))
+    });
 }
 
 kind_tests!(shutdown_test; shutdown_xfs = "xfs", shutdown_ext4 = "ext4");

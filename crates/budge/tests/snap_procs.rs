@@ -430,13 +430,7 @@ echo done-$i"#;
                     break st;
                 }
             };
-            let mut out = String::new();
-            child
-                .stdout
-                .take()
-                .unwrap()
-                .read_to_string(&mut out)
-                .unwrap();
+            let out = std::io::read_to_string(child.stdout.take().unwrap()).unwrap();
             assert!(status.success(), "the external writer failed: {status}");
             assert_eq!(out.trim(), "done-40", "the external writer did not finish");
             assert!(rounds >= 1);

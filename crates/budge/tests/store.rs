@@ -4,19 +4,11 @@
 
 mod common;
 
-use budge::store::{Growth, Store, StoreOptions};
-use budge::{ErrorKind, Strategy};
-use common::{data, store_strategies, TestFs};
+use budge::store::{Store, StoreOptions};
+use budge::ErrorKind;
+use common::{data, store_opts, store_strategies, TestFs};
 
 const MIB: u64 = 1 << 20;
-
-fn opts(strategy: Option<Strategy>) -> StoreOptions {
-    StoreOptions {
-        strategy,
-        growth: Growth::Exact,
-        ..StoreOptions::default()
-    }
-}
 
 fn fill(s: &mut Store, name: &str, seed: u64) -> Vec<u8> {
     let b = s.bytes_mut(name).unwrap();
@@ -28,7 +20,7 @@ fn fill(s: &mut Store, name: &str, seed: u64) -> Vec<u8> {
 fs_test!(grow_shrink_keeps_bytes_and_addresses, |fs: &TestFs| {
     for strategy in store_strategies(fs) {
         let path = fs.path(&format!("s-{strategy:?}"));
-        let mut s = Store::create(&path, &opts(strategy)).unwrap();
+        let mut s = Store::create(&path, &store_opts(strategy)).unwrap();
         s.add("a", 3 * MIB + 5, 0).unwrap();
         s.add("b", 2 * MIB, 0).unwrap();
         s.add("c", 100_000, 0).unwrap();
@@ -65,7 +57,7 @@ fs_test!(grow_shrink_keeps_bytes_and_addresses, |fs: &TestFs| {
         assert_eq!(&s.bytes("c").unwrap()[..c.len()], &c[..]);
         drop(s);
 
-        let s = Store::open(&path, &opts(strategy)).unwrap();
+        let s = Store::open(&path, &store_opts(strategy)).unwrap();
         assert!(s.recovery().actions.is_empty(), "{:?}", s.recovery());
         assert_eq!(&s.bytes("a").unwrap()[..a.len()], &a[..]);
         assert_eq!(s.bytes("b").unwrap(), &b[..(MIB / 2 + 3) as usize]);
@@ -77,7 +69,7 @@ fs_test!(grow_shrink_keeps_bytes_and_addresses, |fs: &TestFs| {
 fs_test!(remove_rename_and_typed_slices, |fs: &TestFs| {
     for strategy in store_strategies(fs) {
         let path = fs.path(&format!("s-{strategy:?}"));
-        let mut s = Store::create(&path, &opts(strategy)).unwrap();
+        let mut s = Store::create(&path, &store_opts(strategy)).unwrap();
         s.add("ids", 8 * 1000, 8).unwrap();
         s.add("gone", MIB, 0).unwrap();
         s.add("tail", 70_000, 0).unwrap();
@@ -98,7 +90,7 @@ fs_test!(remove_rename_and_typed_slices, |fs: &TestFs| {
         assert_eq!(s.get::<u64>("ids").unwrap()[999], 2997);
         assert_eq!(s.get::<u64>("ids").unwrap()[99_999], 0);
         drop(s);
-        let s = Store::open_read_only(&path, &opts(strategy)).unwrap();
+        let s = Store::open_read_only(&path, &store_opts(strategy)).unwrap();
         assert_eq!(s.bytes("end").unwrap(), &t[..]);
         assert_eq!(s.regions().len(), 2);
     }
@@ -168,7 +160,7 @@ fs_test!(several_regions_borrowed_at_once, |fs: &TestFs| {
 
 fs_test!(snapshot_while_the_writer_goes_on, |fs: &TestFs| {
     let path = fs.path("snap-store");
-    let mut s = Store::create(&path, &opts(None)).unwrap();
+    let mut s = Store::create(&path, &store_opts(None)).unwrap();
     s.add("a", 2 * MIB, 0).unwrap();
     s.add("b", 3 * MIB + 4096, 0).unwrap();
     let a = fill(&mut s, "a", 11);
@@ -224,7 +216,7 @@ fs_test!(snapshot_while_the_writer_goes_on, |fs: &TestFs| {
 fs_test!(compact_heals_what_resizes_fragmented, |fs: &TestFs| {
     use budge::relocate::RelocateOptions;
     let path = fs.path("frag");
-    let mut s = Store::create(&path, &opts(None)).unwrap();
+    let mut s = Store::create(&path, &store_opts(None)).unwrap();
     let names = ["a", "b", "c", "d"];
     let mut model: Vec<Vec<u8>> = Vec::new();
     for (i, n) in names.iter().enumerate() {
@@ -312,7 +304,7 @@ fs_test!(compact_heals_what_resizes_fragmented, |fs: &TestFs| {
     });
     assert_eq!(bad.unwrap_err().kind(), ErrorKind::InvalidArgument);
     drop(s);
-    let s = Store::open(&path, &opts(None)).unwrap();
+    let s = Store::open(&path, &store_opts(None)).unwrap();
     assert!(s.recovery().actions.is_empty(), "{:?}", s.recovery());
     for (k, n) in names.iter().enumerate() {
         assert!(
@@ -321,7 +313,7 @@ fs_test!(compact_heals_what_resizes_fragmented, |fs: &TestFs| {
             fs.kind
         );
     }
-    let ro = Store::open_read_only(&path, &opts(None));
+    let ro = Store::open_read_only(&path, &store_opts(None));
     assert!(ro.is_err() || ro.unwrap().compact(&RelocateOptions::default()).is_err());
 });
 
@@ -346,14 +338,14 @@ fs_test!(record_protocol_commits_native_resizes, |fs: &TestFs| {
     let native = fs.caps().insert_range.works && fs.caps().collapse_range.works;
     let path = fs.path("rec");
     let names = ["a", "b", "c", "d", "e", "f"];
-    let mut s = Store::create(&path, &opts(None)).unwrap();
+    let mut s = Store::create(&path, &store_opts(None)).unwrap();
     let mut model = Vec::new();
     for (i, n) in names.iter().enumerate() {
         s.add(n, MIB, 0).unwrap();
         model.push(fill(&mut s, n, 70 + i as u64));
     }
     drop(s);
-    let mut s = Store::open(&path, &opts(None)).unwrap();
+    let mut s = Store::open(&path, &store_opts(None)).unwrap();
     let step = s.align();
     let mut used = Vec::new();
     for (i, n) in names.iter().enumerate() {
@@ -375,25 +367,25 @@ fs_test!(record_protocol_commits_native_resizes, |fs: &TestFs| {
     }
     let want = layout(&s);
     // A snapshot taken while the record is the table in force has it.
-    let snap = Store::open_snapshot(&path, &opts(None)).unwrap();
+    let snap = Store::open_snapshot(&path, &store_opts(None)).unwrap();
     assert_eq!(layout(&snap), want, "{}: snapshot", fs.kind);
     assert!(snap.bytes("f").unwrap() == &model[5][..]);
     drop(snap);
     s.abandon();
-    let ro = Store::open_read_only(&path, &opts(None)).unwrap();
+    let ro = Store::open_read_only(&path, &store_opts(None)).unwrap();
     assert_eq!(layout(&ro), want, "{}", fs.kind);
     for (i, n) in names.iter().enumerate() {
         assert!(ro.bytes(n).unwrap() == &model[i][..], "{}: {n}", fs.kind);
     }
     drop(ro);
-    let s = Store::open(&path, &opts(None)).unwrap();
+    let s = Store::open(&path, &store_opts(None)).unwrap();
     assert_eq!(layout(&s), want);
     assert!(record_attr(&path).is_none(), "{}: folded at open", fs.kind);
     drop(s);
     // The option off: slots only.
     let o = StoreOptions {
         commit_record: false,
-        ..opts(None)
+        ..store_opts(None)
     };
     let mut s = Store::open(&path, &o).unwrap();
     let r = s.resize("a", model[0].len() as u64 + 2 * step).unwrap();
@@ -414,7 +406,7 @@ fs_test!(auto_compaction_when_the_tail_piles_up, |fs: &TestFs| {
     let path = fs.path("auto");
     let o = StoreOptions {
         compact_above: Some(40),
-        ..opts(None)
+        ..store_opts(None)
     };
     let mut s = Store::create(&path, &o).unwrap();
     let names = ["a", "b", "c", "d"];

@@ -186,6 +186,11 @@ fn expect_refused(fs: &TestFs, case: &str, bytes: &[u8], kind: ErrorKind, field:
     std::fs::remove_file(&path).unwrap();
 }
 
+/// [`expect_refused`] as `Corrupted`.
+fn expect_corrupted(fs: &TestFs, case: &str, bytes: &[u8], field: &str) {
+    expect_refused(fs, case, bytes, ErrorKind::Corrupted, field);
+}
+
 /// Damage to one slot only: the store opens with the other slot's table (the
 /// older generation when the newest is damaged), `check` flags the damaged
 /// slot naming `field`, and neither changes the file's bytes.
@@ -401,44 +406,34 @@ fs_test!(truncated_files_are_corrupted, |fs: &TestFs| {
     let b = &p.bytes;
     let n = b.len();
     let slot_b = SLOT_SIZE as usize;
-    let c = ErrorKind::Corrupted;
-    expect_refused(fs, "truncated to 0", &[], c, "magic");
-    expect_refused(fs, "truncated to 7", &b[..7], c, "magic");
-    expect_refused(fs, "truncated to 100", &b[..100], c, "header");
-    expect_refused(
-        fs,
-        "truncated to 100 (names why)",
-        &b[..100],
-        c,
-        "truncated",
-    );
-    expect_refused(fs, "truncated mid slot A", &b[..300], c, "body_len");
-    expect_refused(
+    expect_corrupted(fs, "truncated to 0", &[], "magic");
+    expect_corrupted(fs, "truncated to 7", &b[..7], "magic");
+    expect_corrupted(fs, "truncated to 100", &b[..100], "header");
+    expect_corrupted(fs, "truncated to 100 (names why)", &b[..100], "truncated");
+    expect_corrupted(fs, "truncated mid slot A", &b[..300], "body_len");
+    expect_corrupted(
         fs,
         "truncated in slot B",
         &b[..slot_b + 300],
-        c,
         "region table ends at",
     );
     // Slot B cut (newest or not) or all data gone: the table points past EOF.
     let past = "region table ends at";
-    expect_refused(fs, "truncated after slots", &b[..200 << 10], c, past);
-    expect_refused(
+    expect_corrupted(fs, "truncated after slots", &b[..200 << 10], past);
+    expect_corrupted(
         fs,
         "truncated at data start",
         &b[..DATA_START as usize],
-        c,
         past,
     );
-    expect_refused(fs, "data truncated a block", &b[..n - 4096], c, past);
-    expect_refused(fs, "data truncated 100 bytes", &b[..n - 100], c, past);
+    expect_corrupted(fs, "data truncated a block", &b[..n - 4096], past);
+    expect_corrupted(fs, "data truncated 100 bytes", &b[..n - 100], past);
     let mut longer = b.clone();
     longer.extend_from_slice(&[0u8; 4096]);
-    expect_refused(
+    expect_corrupted(
         fs,
         "longer than the table",
         &longer,
-        c,
         "longer than the region table",
     );
 });
@@ -453,7 +448,7 @@ fs_test!(table_pointing_past_eof_is_corrupted, |fs: &TestFs| {
             h.repack();
             put_header(&mut b, i, &h);
         }
-        expect_refused(fs, case, &b, ErrorKind::Corrupted, "region table ends at");
+        expect_corrupted(fs, case, &b, "region table ends at");
     }
 });
 
@@ -470,7 +465,7 @@ fs_test!(flipped_bits_in_both_slots_are_corrupted, |fs: &TestFs| {
         } else {
             field
         };
-        expect_refused(fs, &format!("flip {name}"), &b, ErrorKind::Corrupted, field);
+        expect_corrupted(fs, &format!("flip {name}"), &b, field);
     }
     // The checksum-covered bytes give "checksum" wherever the flip is.
     for off in [0x11, 0x1b, 0x5f, ent(1) + 5, ent(2) + 0x7f] {
@@ -478,13 +473,7 @@ fs_test!(flipped_bits_in_both_slots_are_corrupted, |fs: &TestFs| {
         for i in 0..2 {
             slot_mut(&mut b, i)[off] ^= 0x80;
         }
-        expect_refused(
-            fs,
-            &format!("flip byte {off:#x}"),
-            &b,
-            ErrorKind::Corrupted,
-            "checksum",
-        );
+        expect_corrupted(fs, &format!("flip byte {off:#x}"), &b, "checksum");
     }
 });
 
@@ -586,31 +575,20 @@ fs_test!(wrong_magic_is_corrupted, |fs: &TestFs| {
     for i in 0..2 {
         slot_mut(&mut b, i)[..8].copy_from_slice(b"NOTBUDGE");
     }
-    expect_refused(
-        fs,
-        "wrong magic",
-        &b,
-        ErrorKind::Corrupted,
-        "not a budge store",
-    );
     // Something else entirely, large enough to have both slots.
     let other = data(2 * MIB as usize, 5);
-    expect_refused(
-        fs,
-        "random file",
-        &other,
-        ErrorKind::Corrupted,
-        "no header slot has the magic",
-    );
     let zeros = vec![0u8; 2 * MIB as usize];
-    expect_refused(
-        fs,
-        "zero file",
-        &zeros,
-        ErrorKind::Corrupted,
-        "not a budge store",
-    );
+    for (case, bytes, field) in [
+        ("wrong magic", &b, "not a budge store"),
+        ("random file", &other, "no header slot has the magic"),
+        ("zero file", &zeros, "not a budge store"),
+    ] {
+        expect_corrupted(fs, case, bytes, field);
+    }
 });
+
+/// A change to a decoded table.
+type HeaderPatch = fn(&mut Header);
 
 fs_test!(crafted_tables_are_corrupted, |fs: &TestFs| {
     let p = build(fs);
@@ -623,76 +601,60 @@ fs_test!(crafted_tables_are_corrupted, |fs: &TestFs| {
         }
         b
     };
-    // encode() does not reject duplicates; decode() must.
-    let b = craft(&|h| h.regions[2].name = "ids".into());
-    expect_refused(
-        fs,
-        "duplicate names",
-        &b,
-        ErrorKind::Corrupted,
-        "region 2 (\"ids\") name",
-    );
-    expect_refused(
-        fs,
-        "duplicate names why",
-        &b,
-        ErrorKind::Corrupted,
-        "duplicate region name",
-    );
-    let b = craft(&|h| h.regions[1].name = "ids".into());
-    expect_refused(
-        fs,
-        "adjacent duplicates",
-        &b,
-        ErrorKind::Corrupted,
-        "duplicate region name",
-    );
-    let b = craft(&|h| h.regions[1].offset += 4096);
-    expect_refused(
-        fs,
-        "offsets not packed",
-        &b,
-        ErrorKind::Corrupted,
-        "region 1 (\"names\") offset",
-    );
-    let b = craft(&|h| {
-        h.regions.swap(0, 1);
-        h.repack();
-        h.regions[0].offset = DATA_START + 4096;
-    });
-    expect_refused(
-        fs,
-        "first region not at data start",
-        &b,
-        ErrorKind::Corrupted,
-        "offset",
-    );
-    let b = craft(&|h| h.regions[1].len = h.regions[1].capacity + 1);
-    expect_refused(
-        fs,
-        "len > capacity",
-        &b,
-        ErrorKind::Corrupted,
-        "region 1 (\"names\") len",
-    );
-    let b = craft(&|h| h.regions[0].elem_size = 16_000);
-    expect_refused(
-        fs,
-        "len vs elem_size",
-        &b,
-        ErrorKind::Corrupted,
-        "region 0 (\"ids\") len",
-    );
+    let cases: [(&str, HeaderPatch, &str); 7] = [
+        // encode() does not reject duplicates; decode() must.
+        (
+            "duplicate names",
+            |h| h.regions[2].name = "ids".into(),
+            "region 2 (\"ids\") name",
+        ),
+        (
+            "duplicate names why",
+            |h| h.regions[2].name = "ids".into(),
+            "duplicate region name",
+        ),
+        (
+            "adjacent duplicates",
+            |h| h.regions[1].name = "ids".into(),
+            "duplicate region name",
+        ),
+        (
+            "offsets not packed",
+            |h| h.regions[1].offset += 4096,
+            "region 1 (\"names\") offset",
+        ),
+        (
+            "first region not at data start",
+            |h| {
+                h.regions.swap(0, 1);
+                h.repack();
+                h.regions[0].offset = DATA_START + 4096;
+            },
+            "offset",
+        ),
+        (
+            "len > capacity",
+            |h| h.regions[1].len = h.regions[1].capacity + 1,
+            "region 1 (\"names\") len",
+        ),
+        (
+            "len vs elem_size",
+            |h| h.regions[0].elem_size = 16_000,
+            "region 0 (\"ids\") len",
+        ),
+    ];
+    for (case, patch, field) in cases {
+        expect_corrupted(fs, case, &craft(&patch), field);
+    }
     // Both slots at one generation with different tables.
     let mut b = p.bytes.clone();
     let mut h = p.older.clone();
     h.generation = p.generation;
     put_header(&mut b, p.older_slot(), &h);
-    expect_refused(
+    expect_corrupted(
         fs,
         "two tables one generation",
         &b,
-        ErrorKind::Corrupted,
         "both header slots claim generation",
     );
 });

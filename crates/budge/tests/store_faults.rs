@@ -8,9 +8,9 @@ mod common;
 
 use std::sync::Mutex;
 
-use budge::store::{Growth, Store, StoreOptions};
+use budge::store::{Store, StoreOptions};
 use budge::{ErrorKind, Strategy};
-use common::{data, TestFs};
+use common::{data, store_opts, TestFs};
 
 /// Failpoints are process-wide, and every store operation passes them: each
 /// test holds this for its whole body.
@@ -32,14 +32,6 @@ fn with_failpoint(name: &str, actions: &str, body: impl FnOnce()) {
 }
 
 const MIB: u64 = 1 << 20;
-
-fn opts(strategy: Option<Strategy>) -> StoreOptions {
-    StoreOptions {
-        strategy,
-        growth: Growth::Exact,
-        ..StoreOptions::default()
-    }
-}
 
 /// A store with three regions of known bytes; returns their contents.
 fn build(fs: &TestFs, name: &str, o: &StoreOptions) -> (std::path::PathBuf, Vec<Vec<u8>>) {
@@ -84,7 +76,7 @@ fs_test!(native_refusal_publishes_the_old_table, |fs: &TestFs| {
     if !(c.insert_range.works && c.collapse_range.works) {
         return; // no native shifts here; the sidecar tests cover this fs
     }
-    let o = opts(Some(Strategy::Native));
+    let o = store_opts(Some(Strategy::Native));
     let (path, want) = build(fs, "s", &o);
     let gen_before;
     {
@@ -109,7 +101,7 @@ fs_test!(native_refusal_publishes_the_old_table, |fs: &TestFs| {
 fs_test!(failed_sidecar_apply_restores_the_tail, |fs: &TestFs| {
     let _serial = serial();
     for st in sidecar_strategies(fs) {
-        let o = opts(Some(st));
+        let o = store_opts(Some(st));
         let (path, want) = build(fs, &format!("s-{st}"), &o);
         {
             let mut s = Store::open(&path, &o).unwrap();
@@ -132,7 +124,7 @@ fs_test!(failed_sidecar_apply_restores_the_tail, |fs: &TestFs| {
 
 fs_test!(failed_header_write_poisons_until_reopened, |fs: &TestFs| {
     let _serial = serial();
-    let o = opts(None);
+    let o = store_opts(None);
     let (path, want) = build(fs, "s", &o);
     {
         let mut s = Store::open(&path, &o).unwrap();

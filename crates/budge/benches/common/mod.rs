@@ -5,7 +5,7 @@
 use std::fs::{self, File};
 use std::io::Read;
 use std::os::fd::AsRawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -93,6 +93,42 @@ pub fn resident(path: &Path) -> f64 {
         libc::munmap(p, len);
         v.iter().filter(|&&b| b & 1 != 0).count() as f64 / pages as f64
     }
+}
+
+/// The load averages (`/proc/loadavg`).
+pub fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// A directory argument, `LABEL:DIR` or `DIR` (labelled with its name).
+pub fn dir_arg(s: &str) -> (String, PathBuf) {
+    match s.split_once(':') {
+        Some((l, d)) => (l.to_string(), PathBuf::from(d)),
+        None => (
+            Path::new(s)
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned(),
+            PathBuf::from(s),
+        ),
+    }
+}
+
+/// The directories of `BUDGE_TEST_FS` (`label:dir,label:dir`), where none
+/// are given.
+pub fn env_dirs() -> Vec<(String, PathBuf)> {
+    let env = std::env::var("BUDGE_TEST_FS").expect("give directories or set BUDGE_TEST_FS");
+    env.split(',')
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            let (l, d) = e.split_once(':').expect("BUDGE_TEST_FS: label:dir,...");
+            (l.to_string(), PathBuf::from(d))
+        })
+        .collect()
 }
 
 pub fn sh(cmd: &str, args: &[&str]) -> String {

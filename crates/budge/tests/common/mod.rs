@@ -6,6 +6,8 @@
 //! and is reported as skipped (loudly, on stderr) otherwise.
 #![allow(dead_code)]
 
+pub mod qemu;
+
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::FileExt;
@@ -14,6 +16,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+use budge::store::{Growth, StoreOptions};
 pub use budge::{ShiftOptions, Strategy};
 
 /// One filesystem of the matrix, with a fresh directory for this test.
@@ -235,18 +238,36 @@ pub fn shift_strategies(fs: &TestFs) -> Vec<Strategy> {
 /// the space.
 pub fn fill_fs(fs: &TestFs, leave: u64) -> File {
     let filler = fs.file_with("filler", &[]);
+    allocate_greedily(&filler, 64 << 20, |f| {
+        budge::sys::fs_info(f).unwrap().avail_bytes < leave
+    });
+    filler
+}
+
+/// Preallocates `f` from its start in pieces of `chunk` bytes, halving the
+/// piece whenever the filesystem has no room for it, until a 4 KiB piece
+/// fails too or `enough` says so.
+pub fn allocate_greedily(f: &File, mut chunk: u64, enough: impl Fn(&File) -> bool) {
     let mut at = 0;
-    let mut chunk = 64u64 << 20;
     while chunk >= 4096 {
-        match budge::sys::fallocate(&filler, budge::sys::Falloc::Allocate, at, chunk) {
+        match budge::sys::fallocate(f, budge::sys::Falloc::Allocate, at, chunk) {
             Ok(()) => at += chunk,
             Err(_) => chunk /= 2,
         }
-        if budge::sys::fs_info(&filler).unwrap().avail_bytes < leave {
+        if enough(f) {
             break;
         }
     }
-    filler
+}
+
+/// Store options with exact growth (every region's capacity is its
+/// length, rounded up to the alignment), forcing `strategy` if given.
+pub fn store_opts(strategy: Option<Strategy>) -> StoreOptions {
+    StoreOptions {
+        strategy,
+        growth: Growth::Exact,
+        ..StoreOptions::default()
+    }
 }
 
 /// The strategies a store can be forced to use here (`None` = automatic).

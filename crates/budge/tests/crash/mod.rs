@@ -10,6 +10,7 @@
 
 pub mod loopfs;
 pub mod model;
+pub mod rounds;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -23,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use budge::store::format::{self, IntentKind, Method};
-use budge::store::{plan, Growth, Store, StoreOptions};
+use budge::store::{plan, Store, StoreOptions};
 use budge::Strategy;
 
 use crate::common::{self, say};
@@ -37,13 +38,7 @@ pub const WORKER_ENV: &str = "BUDGE_CRASH_WORKER";
 /// The name of the worker test in the test binary.
 pub const WORKER_TEST: &str = "crash_worker";
 
-pub fn opts(strategy: Option<Strategy>) -> StoreOptions {
-    StoreOptions {
-        strategy,
-        growth: Growth::Exact,
-        ..StoreOptions::default()
-    }
-}
+pub use crate::common::store_opts as opts;
 
 pub fn strategy_name(s: Option<Strategy>) -> &'static str {
     s.map_or("auto", Strategy::name)

@@ -112,20 +112,16 @@ impl fmt::Display for Op {
             Op::Resize { name, len } => write!(f, "resize {name} {len}"),
             Op::Remove { name } => write!(f, "remove {name}"),
             Op::Rename { from, to } => write!(f, "rename {from} {to}"),
-            Op::Write {
-                name,
-                start,
-                end,
-                ver,
-            } => write!(f, "write {name} {start} {end} {ver}"),
-            Op::Stripe {
-                name,
-                start,
-                end,
-                stride,
-                chunk,
-                ver,
-            } => write!(f, "stripe {name} {start} {end} {stride} {chunk} {ver}"),
+            Op::Write { .. } | Op::Stripe { .. } => {
+                let w = self.span().unwrap();
+                let (name, start, end, ver) = (w.name, w.start, w.end, w.ver);
+                match w.stripe {
+                    None => write!(f, "write {name} {start} {end} {ver}"),
+                    Some((stride, chunk)) => {
+                        write!(f, "stripe {name} {start} {end} {stride} {chunk} {ver}")
+                    }
+                }
+            }
         }
     }
 }
@@ -202,6 +198,34 @@ impl Op {
         }
     }
 
+    /// A write's or a stripe's fields.
+    pub fn span(&self) -> Option<Span<'_>> {
+        let (name, start, end, ver, stripe) = match self {
+            Op::Write {
+                name,
+                start,
+                end,
+                ver,
+            } => (name, *start, *end, *ver, None),
+            Op::Stripe {
+                name,
+                start,
+                end,
+                stride,
+                chunk,
+                ver,
+            } => (name, *start, *end, *ver, Some((*stride, *chunk))),
+            _ => return None,
+        };
+        Some(Span {
+            name,
+            start,
+            end,
+            ver,
+            stripe,
+        })
+    }
+
     /// The chunks `[a, b)` a stripe writes.
     pub fn stripe_chunks(start: u64, end: u64, stride: u64, chunk: u64) -> Vec<(u64, u64)> {
         let mut v = Vec::new();
@@ -220,35 +244,37 @@ impl Op {
             Op::Resize { name, len } => s.resize(name, *len).map(drop),
             Op::Remove { name } => s.remove(name).map(drop),
             Op::Rename { from, to } => s.rename(from, to),
-            Op::Write {
-                name,
-                start,
-                end,
-                ver,
-            } => {
-                let b = s.bytes_mut(name)?;
-                fill(*ver, *start, &mut b[*start as usize..*end as usize]);
-                s.commit()
-            }
-            Op::Stripe {
-                name,
-                start,
-                end,
-                stride,
-                chunk,
-                ver,
-            } => {
-                let b = s.bytes_mut(name)?;
+            Op::Write { .. } | Op::Stripe { .. } => {
+                let w = self.span().unwrap();
+                let b = s.bytes_mut(w.name)?;
                 // Top down: on XFS a write past the last extent gets
-                // speculative preallocation that would fill the holes.
-                for (a, e) in Op::stripe_chunks(*start, *end, *stride, *chunk)
-                    .into_iter()
-                    .rev()
-                {
-                    fill(*ver, a, &mut b[a as usize..e as usize]);
+                // speculative preallocation that would fill a stripe's
+                // holes.
+                for (a, e) in w.chunks().into_iter().rev() {
+                    fill(w.ver, a, &mut b[a as usize..e as usize]);
                 }
                 s.commit()
             }
+        }
+    }
+}
+
+/// What a write or a stripe writes.
+pub struct Span<'a> {
+    pub name: &'a str,
+    pub start: u64,
+    pub end: u64,
+    pub ver: u64,
+    /// A stripe's `(stride, chunk)`.
+    pub stripe: Option<(u64, u64)>,
+}
+
+impl Span<'_> {
+    /// The chunks `[a, b)` it writes (a write's range is one chunk).
+    pub fn chunks(&self) -> Vec<(u64, u64)> {
+        match self.stripe {
+            Some((stride, chunk)) => Op::stripe_chunks(self.start, self.end, stride, chunk),
+            None => vec![(self.start, self.end)],
         }
     }
 }
@@ -407,32 +433,14 @@ impl Model {
                 }
                 self.get(from)?.name = to.clone();
             }
-            Op::Write {
-                name,
-                start,
-                end,
-                ver,
-            } => {
-                let r = self.get(name)?;
-                if *end > r.len {
-                    return Err(format!("write past the end of {name:?}"));
+            Op::Write { .. } | Op::Stripe { .. } => {
+                let w = op.span().unwrap();
+                let r = self.get(w.name)?;
+                if w.end > r.len {
+                    return Err(format!("{} past the end of {:?}", op.kind(), w.name));
                 }
-                r.write(*start, *end, *ver);
-            }
-            Op::Stripe {
-                name,
-                start,
-                end,
-                stride,
-                chunk,
-                ver,
-            } => {
-                let r = self.get(name)?;
-                if *end > r.len {
-                    return Err(format!("stripe past the end of {name:?}"));
-                }
-                for (a, b) in Op::stripe_chunks(*start, *end, *stride, *chunk) {
-                    r.write(a, b, *ver);
+                for (a, b) in w.chunks() {
+                    r.write(a, b, w.ver);
                 }
             }
         }
