@@ -25,6 +25,15 @@ use crate::sys::{self, meta, Falloc, FsKind};
 /// Bytes an in-place commit writes between two recorded cursor positions.
 pub const SYNC_EVERY: u64 = 64 << 20;
 
+/// One step of an in-place commit, for [`Overlay::replay_pieces`]'s target.
+enum Replay {
+    /// Write `[at, at + len)` of the overlay's view (`state` says whether
+    /// the overlay holds the bytes or they read as zeros).
+    Piece { at: u64, len: u64, state: PageState },
+    /// Make everything written so far durable.
+    Sync,
+}
+
 /// How [`Overlay::commit`] merges the overlay into its base.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub enum CommitStrategy {
@@ -520,6 +529,44 @@ impl Overlay {
         v
     }
 
+    /// Writes the overlay's pages from page `cursor` on into the commit's
+    /// target, piece by piece ([`Overlay::pieces_from`]): `target` applies
+    /// each [`Replay::Piece`] (adding what it wrote to the report), and
+    /// after every [`SYNC_EVERY`] bytes makes the target durable
+    /// ([`Replay::Sync`]) before the recorded cursor moves past them, so a
+    /// crash resumes from the last durable piece. The final sync is the
+    /// caller's.
+    fn replay_pieces(
+        &mut self,
+        op: &str,
+        cursor: u64,
+        progress: Option<Progress<'_>>,
+        report: &mut CommitReport,
+        mut target: impl FnMut(&Overlay, Replay, &mut CommitReport) -> Result<()>,
+    ) -> Result<()> {
+        let ps = self.ps();
+        let size = self.sb.size;
+        let pieces = self.pieces_from(cursor);
+        let total: u64 = pieces.iter().map(|p| (p.1 - p.0) * ps).sum();
+        let (mut done, mut since) = (0, 0);
+        for (i, &(s, e, state)) in pieces.iter().enumerate() {
+            let (at, len) = (s * ps, (e * ps).min(size) - s * ps);
+            target(self, Replay::Piece { at, len, state }, report)?;
+            report.pages += e - s;
+            done += len;
+            since += len;
+            if let Some(p) = progress {
+                p(done, total);
+            }
+            if since >= SYNC_EVERY && i + 1 < pieces.len() {
+                target(self, Replay::Sync, report)?;
+                self.set_cursor(op, e)?;
+                since = 0;
+            }
+        }
+        Ok(())
+    }
+
     fn replay_into_file(
         &mut self,
         op: &str,
@@ -529,23 +576,24 @@ impl Overlay {
         recovered: bool,
     ) -> Result<CommitReport> {
         let path = self.base_file().0.to_path_buf();
-        let ps = self.ps();
         let size = self.sb.size;
         let mut report = CommitReport {
             strategy: CommitStrategy::InPlace,
             recovered,
             ..CommitReport::default()
         };
-        let pieces = self.pieces_from(cursor);
-        let total: u64 = pieces.iter().map(|p| (p.1 - p.0) * ps).sum();
-        let (mut done, mut since) = (0, 0);
-        for (i, &(s, e, st)) in pieces.iter().enumerate() {
-            let (a, n) = (s * ps, (e * ps).min(size) - s * ps);
+        self.replay_pieces(op, cursor, progress, &mut report, |ov, step, report| {
+            let (a, n, st) = match step {
+                Replay::Sync => {
+                    return sys::fdatasync(&rw).map_err(|e| os(op, &path, "fdatasync", e));
+                }
+                Replay::Piece { at, len, state } => (at, len, state),
+            };
             match st {
                 PageState::Present => {
                     let r = copy::copy_range(
-                        &self.file,
-                        self.sb.data_offset + a,
+                        &ov.file,
+                        ov.sb.data_offset + a,
                         &rw,
                         a,
                         n,
@@ -563,26 +611,16 @@ impl Overlay {
                     report.bytes_zeroed += n;
                 }
             }
-            report.pages += e - s;
-            done += n;
-            since += n;
-            if let Some(p) = progress {
-                p(done, total);
-            }
             fail::fail_point!("budge::overlay::in-place-piece", |_| {
                 Err(err(
                     ErrorKind::Io,
                     op,
-                    &self.path,
+                    &ov.path,
                     "failpoint budge::overlay::in-place-piece",
                 ))
             });
-            if since >= SYNC_EVERY && i + 1 < pieces.len() {
-                sys::fdatasync(&rw).map_err(|e| os(op, &path, "fdatasync", e))?;
-                self.set_cursor(op, e)?;
-                since = 0;
-            }
-        }
+            Ok(())
+        })?;
         sys::fsync(&rw).map_err(|e| os(op, &path, "fsync", e))?;
         let new = file_id(&rw, size).map_err(|e| os(op, &path, "fstat", e))?;
         // Downgrade to the shared lock every reader of the base holds.
@@ -617,45 +655,34 @@ impl Overlay {
                 return Err(e.with_op(format!("{op}: open the lower overlay for writing")));
             }
         };
-        let ps = self.ps();
-        let size = self.sb.size;
         let mut report = CommitReport {
             strategy: CommitStrategy::InPlace,
             recovered,
             ..CommitReport::default()
         };
-        let pieces = self.pieces_from(cursor);
-        let total: u64 = pieces.iter().map(|p| (p.1 - p.0) * ps).sum();
-        let (mut done, mut since) = (0, 0);
         let mut buf = Vec::new();
-        for (i, &(s, e, st)) in pieces.iter().enumerate() {
-            let (a, n) = (s * ps, (e * ps).min(size) - s * ps);
-            match st {
-                PageState::Present => {
-                    buf.resize(n as usize, 0);
-                    self.file
-                        .read_exact_at(&mut buf, self.sb.data_offset + a)
-                        .map_err(|e| os(op, &self.path, "pread", e))?;
-                    lw.write_at(a, &buf)?;
-                    report.bytes_copied += n;
+        self.replay_pieces(op, cursor, progress, &mut report, |ov, step, report| {
+            match step {
+                Replay::Sync => lw.flush()?,
+                Replay::Piece {
+                    at,
+                    len,
+                    state: PageState::Present,
+                } => {
+                    buf.resize(len as usize, 0);
+                    ov.file
+                        .read_exact_at(&mut buf, ov.sb.data_offset + at)
+                        .map_err(|e| os(op, &ov.path, "pread", e))?;
+                    lw.write_at(at, &buf)?;
+                    report.bytes_copied += len;
                 }
-                _ => {
-                    lw.zero(a, n)?;
-                    report.bytes_zeroed += n;
+                Replay::Piece { at, len, .. } => {
+                    lw.zero(at, len)?;
+                    report.bytes_zeroed += len;
                 }
             }
-            report.pages += e - s;
-            done += n;
-            since += n;
-            if let Some(p) = progress {
-                p(done, total);
-            }
-            if since >= SYNC_EVERY && i + 1 < pieces.len() {
-                lw.flush()?;
-                self.set_cursor(op, e)?;
-                since = 0;
-            }
-        }
+            Ok(())
+        })?;
         lw.flush()?;
         let new = BaseId::Overlay {
             uuid: lw.sb.uuid,

@@ -450,10 +450,22 @@ impl Overlay {
         let mut map = map;
         map.mark_clean(0);
         map.mark_clean(1);
-        Ok(Overlay {
+        Ok(Overlay::assemble(path, tmp, true, sb, map, lower))
+    }
+
+    /// An overlay handle over state just read or written: nothing pending.
+    fn assemble(
+        path: &Path,
+        file: File,
+        writable: bool,
+        sb: Superblock,
+        map: PageMap,
+        lower: Lower,
+    ) -> Overlay {
+        Overlay {
             path: path.to_path_buf(),
-            file: tmp,
-            writable: true,
+            file,
+            writable,
             sb,
             map,
             lower,
@@ -462,7 +474,7 @@ impl Overlay {
             map_dirty: false,
             poisoned: false,
             view: None,
-        })
+        }
     }
 
     /// Opens an overlay for reading and writing (one writer at a time),
@@ -597,19 +609,7 @@ impl Overlay {
             <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&sb.base_path),
         );
         let lower = Lower::open(&base_path, depth)?;
-        let mut ov = Overlay {
-            path: path.to_path_buf(),
-            file,
-            writable,
-            sb,
-            map,
-            lower,
-            pending_punch: Vec::new(),
-            data_dirty: false,
-            map_dirty: false,
-            poisoned: false,
-            view: None,
-        };
+        let mut ov = Overlay::assemble(path, file, writable, sb, map, lower);
         match ov.sb.commit {
             CommitState::None => ov.check_base(op)?,
             _ if !writable => {

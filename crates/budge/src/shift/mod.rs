@@ -517,14 +517,20 @@ impl Ctx<'_> {
         }
     }
 
-    /// Gives the saved tail a name so no data is lost, and says where.
-    fn rescue(&self, tmp: &File, err: Error) -> Error {
+    /// Where a failed shift names the bytes it saved, so no data is lost:
+    /// `.budge-rescue-PID-OFFSET` next to the file (in its scratch
+    /// directory).
+    fn rescue_path(&self) -> std::path::PathBuf {
         let name = format!(".budge-rescue-{}-{}", std::process::id(), self.offset);
-        let path = self
-            .caps
+        self.caps
             .scratch_dir(self.file)
             .unwrap_or_else(|| self.caps.dir.clone())
-            .join(name);
+            .join(name)
+    }
+
+    /// Gives the saved tail a name so no data is lost, and says where.
+    fn rescue(&self, tmp: &File, err: Error) -> Error {
+        let path = self.rescue_path();
         let saved = match sys::link_tmpfile(tmp, &path) {
             Ok(()) => format!(
                 "the original bytes from offset {} to EOF were saved to {}",
@@ -729,12 +735,7 @@ impl Ctx<'_> {
             return err.with_hint("rolled back: the file is unchanged");
         }
         let err = err.with_kind(ErrorKind::PartiallyApplied);
-        let name = format!(".budge-rescue-{}-{}", std::process::id(), self.offset);
-        let path = self
-            .caps
-            .scratch_dir(self.file)
-            .unwrap_or_else(|| self.caps.dir.clone())
-            .join(name);
+        let path = self.rescue_path();
         let where_saved = match sys::link_tmpfile(saved, &path) {
             Ok(()) => format!("the removed range was saved to {}", path.display()),
             Err(e) => format!("saving the removed range failed too ({e})"),

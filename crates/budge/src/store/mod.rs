@@ -838,6 +838,20 @@ impl Store {
         Ok(())
     }
 
+    /// A region name that is valid and not taken yet.
+    fn check_new_name(&self, op: &str, name: &str) -> Result<()> {
+        format::check_name(name).map_err(|h| err(ErrorKind::InvalidArgument, op, &self.path, h))?;
+        if self.header.find(name).is_some() {
+            return Err(err(
+                ErrorKind::InvalidArgument,
+                op,
+                &self.path,
+                format!("a region named {name:?} exists"),
+            ));
+        }
+        Ok(())
+    }
+
     /// Adds a region of `len` zero bytes at the end, typed with `elem_size`
     /// (0 for bytes).
     ///
@@ -847,16 +861,7 @@ impl Store {
     pub fn add(&mut self, name: &str, len: u64, elem_size: u32) -> Result<ResizeReport> {
         let op = format!("add region {name:?}");
         self.writable_check(&op)?;
-        format::check_name(name)
-            .map_err(|h| err(ErrorKind::InvalidArgument, &op, &self.path, h))?;
-        if self.header.find(name).is_some() {
-            return Err(err(
-                ErrorKind::InvalidArgument,
-                &op,
-                &self.path,
-                format!("a region named {name:?} exists"),
-            ));
-        }
+        self.check_new_name(&op, name)?;
         if self.header.regions.len() >= format::MAX_REGIONS {
             return Err(err(
                 ErrorKind::InvalidArgument,
@@ -932,18 +937,11 @@ impl Store {
         let op = format!("rename region {old:?} to {new:?}");
         self.writable_check(&op)?;
         let i = self.index(&op, old)?;
-        format::check_name(new).map_err(|h| err(ErrorKind::InvalidArgument, &op, &self.path, h))?;
         if old == new {
-            return Ok(());
+            return format::check_name(new)
+                .map_err(|h| err(ErrorKind::InvalidArgument, &op, &self.path, h));
         }
-        if self.header.find(new).is_some() {
-            return Err(err(
-                ErrorKind::InvalidArgument,
-                &op,
-                &self.path,
-                format!("a region named {new:?} exists"),
-            ));
-        }
+        self.check_new_name(&op, new)?;
         let mut next = self.header.clone();
         next.regions[i].name = new.to_string();
         next.intent = None;
