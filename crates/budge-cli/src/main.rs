@@ -100,9 +100,9 @@ enum Cmd {
     },
     /// Relocate a file's fragmented ranges into as few extents as the
     /// filesystem gives, in bounded chunks, under live mappings (move-ext on
-    /// ext4, swapext for a whole fragmented file on XFS, dedupe on XFS and
-    /// btrfs, btrfs-defrag on btrfs; copy-rename, not coherent for other
-    /// openers, where nothing else works).
+    /// ext4, swapext for a whole fragmented file on XFS with rmapbt, cow on
+    /// XFS, dedupe on XFS and btrfs, btrfs-defrag on btrfs; copy-rename, not
+    /// coherent for other openers, where nothing else works).
     Defrag {
         file: PathBuf,
         /// Only this range: OFFSET LEN.
@@ -134,12 +134,17 @@ pub struct RelocateArgs {
     /// The most bytes moved in one step.
     #[arg(long, default_value = "16M", value_parser = parse_size)]
     chunk: u64,
-    /// Force one strategy: move-ext, dedupe, swapext, btrfs-defrag, copy-rename.
+    /// Force one strategy: move-ext, dedupe, swapext, btrfs-defrag, cow,
+    /// copy-rename.
     #[arg(long)]
     strategy: Option<budge::RelocateStrategy>,
     /// Also move shared (reflinked) extents, unsharing them.
     #[arg(long)]
     unshare: bool,
+    /// Keep the file's modification and change times: do not use cow,
+    /// which updates them (XFS without rmapbt then uses dedupe).
+    #[arg(long)]
+    keep_times: bool,
     /// Report what would be moved; change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -160,6 +165,7 @@ impl RelocateArgs {
             chunk: self.chunk,
             strategy: self.strategy,
             unshare: self.unshare,
+            keep_times: self.keep_times,
             dry_run: self.dry_run,
             progress,
         }

@@ -23,7 +23,9 @@
 //!    each pays for making its result durable); device bytes read and written
 //!    from `/sys/block/<dev>/stat` over the same span.
 //!    - `budge`: `budge::relocate` with the default options (threshold
-//!      1 MiB, chunk 16 MiB); `budge-t64M`: threshold 64 MiB, same chunk.
+//!      1 MiB, chunk 16 MiB); `budge-t64M`: threshold 64 MiB, same chunk;
+//!      on XFS `budge-keep-times`: the defaults with `keep_times` (no `cow`
+//!      strategy, which updates the file's times).
 //!    - the system tool, as a process (start to exit): `e4defrag FILE`
 //!      (ext4), `xfs_fsr -v FILE` (XFS), `btrfs filesystem defragment -f FILE`
 //!      and the same with `-t 64M` (btrfs). Its exit status and output are
@@ -90,8 +92,9 @@ pub struct DefragBenchArgs {
     /// Seed of the insert offsets and of the content.
     #[arg(long, default_value_t = 6)]
     pub seed: u64,
-    /// Only these contenders, comma-separated: budge, budge-t64M, e4defrag,
-    /// xfs_fsr, btrfs-defrag, btrfs-defrag-t64M [default: all that apply]
+    /// Only these contenders, comma-separated: budge, budge-t64M,
+    /// budge-keep-times, e4defrag, xfs_fsr, btrfs-defrag, btrfs-defrag-t64M
+    /// [default: all that apply]
     #[arg(long, value_delimiter = ',')]
     pub contenders: Option<Vec<String>>,
 }
@@ -167,8 +170,9 @@ impl Config {
 /// How a contender defragments the file.
 #[derive(Clone)]
 enum How {
-    /// `budge::relocate` with this threshold and the default chunk.
-    Budge { threshold: u64 },
+    /// `budge::relocate` with this threshold and the default chunk;
+    /// `keep_times`: [`RelocateOptions::keep_times`].
+    Budge { threshold: u64, keep_times: bool },
     /// A system tool: the program and its arguments before the file.
     Tool {
         program: &'static str,
@@ -190,10 +194,14 @@ impl Contender {
     /// What runs, for the header and the JSON.
     fn describe(&self) -> String {
         match &self.how {
-            How::Budge { threshold } => format!(
-                "budge::relocate(threshold {}, chunk {})",
+            How::Budge {
+                threshold,
+                keep_times,
+            } => format!(
+                "budge::relocate(threshold {}, chunk {}{})",
                 bytes(*threshold),
-                bytes(budge::relocate::DEFAULT_CHUNK)
+                bytes(budge::relocate::DEFAULT_CHUNK),
+                if *keep_times { ", keep_times" } else { "" }
             ),
             How::Tool { program, args } => {
                 let mut v = vec![*program];
@@ -205,28 +213,31 @@ impl Contender {
     }
 }
 
-const ALL_NAMES: [&str; 6] = [
+const ALL_NAMES: [&str; 7] = [
     "budge",
     "budge-t64M",
+    "budge-keep-times",
     "e4defrag",
     "xfs_fsr",
     "btrfs-defrag",
     "btrfs-defrag-t64M",
 ];
 
-/// The contenders on a filesystem of `kind`: budge's two, then its tools.
+/// The contenders on a filesystem of `kind`: budge's (two, three on XFS), then its tools.
 fn contenders(kind: &FsKind) -> Vec<Contender> {
     let mut v = vec![
         Contender {
             name: "budge",
             how: How::Budge {
                 threshold: budge::relocate::DEFAULT_THRESHOLD,
+                keep_times: false,
             },
         },
         Contender {
             name: "budge-t64M",
             how: How::Budge {
                 threshold: 64 * MIB,
+                keep_times: false,
             },
         },
     ];
@@ -238,13 +249,22 @@ fn contenders(kind: &FsKind) -> Vec<Contender> {
                 args: &[],
             },
         }),
-        FsKind::Xfs => v.push(Contender {
-            name: "xfs_fsr",
-            how: How::Tool {
-                program: "xfs_fsr",
-                args: &["-v"],
+        FsKind::Xfs => v.extend([
+            Contender {
+                name: "budge-keep-times",
+                how: How::Budge {
+                    threshold: budge::relocate::DEFAULT_THRESHOLD,
+                    keep_times: true,
+                },
             },
-        }),
+            Contender {
+                name: "xfs_fsr",
+                how: How::Tool {
+                    program: "xfs_fsr",
+                    args: &["-v"],
+                },
+            },
+        ]),
         FsKind::Btrfs => {
             v.push(Contender {
                 name: "btrfs-defrag",
@@ -640,9 +660,16 @@ fn measure(
     let c0 = dev.and_then(Device::counters);
     let t = Instant::now();
     let outcome = match (&c.how, &f) {
-        (How::Budge { threshold }, Some(f)) => {
+        (
+            How::Budge {
+                threshold,
+                keep_times,
+            },
+            Some(f),
+        ) => {
             let opts = RelocateOptions {
                 threshold: *threshold,
+                keep_times: *keep_times,
                 ..RelocateOptions::default()
             };
             Outcome::Budge(budge::relocate(f, &opts).map_err(|e| e.to_string()))

@@ -22,6 +22,13 @@
 //!   little space for a whole-file donor. Never on an XFS without rmapbt:
 //!   there the kernel swaps the inode forks, and on Linux 6.18 a crash once
 //!   that swap is in the log left the filesystem unmountable.
+//! - [`RelocateStrategy::Cow`] (XFS with reflink, next): share the chunk
+//!   with a scratch file, then `FALLOC_FL_UNSHARE_RANGE`: the kernel's
+//!   copy-on-write writes the cached pages to new blocks (the file's
+//!   copy-on-write extent size hint raised to the run's length for the
+//!   duration, so the run lands in one extent). No copy, no compare, the
+//!   page cache untouched; the file's mtime and ctime change, so
+//!   [`RelocateOptions::keep_times`] leaves it out.
 //! - [`RelocateStrategy::Dedupe`] (XFS, btrfs): copy the chunk into a
 //!   preallocated donor, then `FIDEDUPERANGE` donor → file, which remaps
 //!   only if the bytes are still equal. A concurrent write makes the chunk
@@ -58,6 +65,12 @@ pub enum RelocateStrategy {
     SwapExt,
     /// btrfs `BTRFS_IOC_DEFRAG_RANGE`.
     BtrfsDefrag,
+    /// XFS: share the chunk with a scratch file (`FICLONERANGE`), then
+    /// `FALLOC_FL_UNSHARE_RANGE`: the kernel's copy-on-write writes it to
+    /// new blocks from the page cache, which stays in place. Updates the
+    /// file's modification and change times (see
+    /// [`RelocateOptions::keep_times`]).
+    Cow,
     /// Copy into a new file and rename it over the path (not coherent).
     CopyRename,
     /// Nothing to do: no fragmented chunk, or no extents (tmpfs).
@@ -72,17 +85,19 @@ impl RelocateStrategy {
             RelocateStrategy::Dedupe => "dedupe",
             RelocateStrategy::SwapExt => "swapext",
             RelocateStrategy::BtrfsDefrag => "btrfs-defrag",
+            RelocateStrategy::Cow => "cow",
             RelocateStrategy::CopyRename => "copy-rename",
             RelocateStrategy::Nothing => "none",
         }
     }
 
     /// The strategies a caller may force.
-    pub const FORCEABLE: [RelocateStrategy; 5] = [
+    pub const FORCEABLE: [RelocateStrategy; 6] = [
         RelocateStrategy::MoveExt,
         RelocateStrategy::Dedupe,
         RelocateStrategy::SwapExt,
         RelocateStrategy::BtrfsDefrag,
+        RelocateStrategy::Cow,
         RelocateStrategy::CopyRename,
     ];
 
@@ -106,7 +121,7 @@ impl std::str::FromStr for RelocateStrategy {
             .find(|st| st.name() == s)
             .ok_or_else(|| {
                 format!(
-                    "unknown strategy {s:?} (expected move-ext, dedupe, swapext, btrfs-defrag or copy-rename)"
+                    "unknown strategy {s:?} (expected move-ext, dedupe, swapext, btrfs-defrag, cow or copy-rename)"
                 )
             })
     }
@@ -137,6 +152,11 @@ pub struct RelocateOptions<'a> {
     pub strategy: Option<RelocateStrategy>,
     /// Also move chunks holding shared (reflinked) extents, unsharing them.
     pub unshare: bool,
+    /// Leave the file's modification and change times as they were: the
+    /// automatic choice then skips [`RelocateStrategy::Cow`], which the
+    /// kernel counts as a write (XFS without rmapbt then uses the slower
+    /// dedupe). Every other strategy keeps the times.
+    pub keep_times: bool,
     /// Report what would be done, change nothing.
     pub dry_run: bool,
     /// Called with (bytes done, bytes to do) as the fragmented chunks are
@@ -153,6 +173,7 @@ impl Default for RelocateOptions<'_> {
             chunk: DEFAULT_CHUNK,
             strategy: None,
             unshare: false,
+            keep_times: false,
             dry_run: false,
             progress: None,
         }
@@ -167,6 +188,7 @@ impl std::fmt::Debug for RelocateOptions<'_> {
             .field("chunk", &self.chunk)
             .field("strategy", &self.strategy)
             .field("unshare", &self.unshare)
+            .field("keep_times", &self.keep_times)
             .field("dry_run", &self.dry_run)
             .field("progress", &self.progress.is_some())
             .finish()
@@ -440,11 +462,12 @@ fn span_end(chunks: &[Chunk]) -> u64 {
     end
 }
 
-fn order(kind: FsKind, path: bool) -> Vec<RelocateStrategy> {
+fn order(kind: FsKind, path: bool, keep_times: bool) -> Vec<RelocateStrategy> {
     use RelocateStrategy::*;
     let mut v = match kind {
         FsKind::Ext4 => vec![MoveExt],
-        FsKind::Xfs => vec![SwapExt, Dedupe],
+        FsKind::Xfs if keep_times => vec![SwapExt, Dedupe],
+        FsKind::Xfs => vec![SwapExt, Cow, Dedupe],
         FsKind::Btrfs => vec![BtrfsDefrag, Dedupe],
         FsKind::Tmpfs => return Vec::new(),
         FsKind::Other(_) => vec![Dedupe, MoveExt, BtrfsDefrag],
@@ -499,7 +522,102 @@ struct Ctx<'a> {
     /// it: one allocation for a whole run of fragmented chunks, so the
     /// chunks land next to each other on disk.
     donor: std::cell::RefCell<Option<Donor>>,
+    /// [`Ctx::cow`]'s scratch file, holding the old blocks.
+    scratch: std::cell::RefCell<Option<File>>,
+    cow_hint: std::cell::RefCell<CowHint>,
     progress: Option<Progress<'a>>,
+}
+
+/// The file's copy-on-write extent size hint while [`Ctx::cow`] raises it
+/// to cover a run of chunks, and the file's own hint, put back by
+/// [`CowHint::restore`] (or, ignoring errors, on drop).
+#[derive(Default)]
+struct CowHint {
+    /// The file (a second descriptor, so the guard owns it) and its own
+    /// hint, read before the first change (`None`: it had none).
+    own: Option<(File, Option<u32>)>,
+    /// The end of the run the raised hint covers.
+    covers: u64,
+    /// Leave the hint alone from now on (it could not be set, or the
+    /// filesystem lacked the space it reserves).
+    off: bool,
+    /// Why the hint was not raised, for the report.
+    note: Option<String>,
+}
+
+impl CowHint {
+    /// Raises `file`'s hint to the length of the run `[offset, span_end)`
+    /// if it does not cover it yet: in equal pieces of at most half an
+    /// allocation group (the kernel's limit), whole blocks.
+    fn cover(&mut self, file: &File, offset: u64, span_end: u64, bs: u64) {
+        if self.off || offset < self.covers {
+            return;
+        }
+        let mut fail = |what: &str, e: std::io::Error| {
+            self.off = true;
+            self.note = Some(format!(
+                "cow: could not {what} the copy-on-write extent size hint ({e}); the moved data may land in several extents"
+            ));
+        };
+        let ag = match sys::xfs_ag_bytes(file) {
+            Ok(ag) => ag,
+            Err(e) => return fail("size", e),
+        };
+        // XFS: at most half an allocation group, MAXEXTLEN (2^21) blocks,
+        // and the field is 32 bits of bytes.
+        let max = (ag / 2).min(bs << 21).min(u64::from(u32::MAX)) / bs * bs;
+        let len = span_end.saturating_sub(offset);
+        if max == 0 || len == 0 {
+            return;
+        }
+        let pieces = len.div_ceil(max);
+        let hint = align_up(len.div_ceil(pieces), bs).unwrap_or(max).min(max);
+        let own = match &self.own {
+            Some((_, own)) => *own,
+            None => {
+                match sys::cow_extent_size_hint(file).and_then(|own| Ok((file.try_clone()?, own))) {
+                    Ok((f, own)) => {
+                        self.own = Some((f, own));
+                        own
+                    }
+                    Err(e) => return fail("read", e),
+                }
+            }
+        };
+        if own.is_some_and(|o| u64::from(o) >= hint) {
+            self.covers = span_end;
+            return;
+        }
+        match sys::set_cow_extent_size_hint(file, Some(hint as u32)) {
+            Ok(()) => self.covers = span_end,
+            Err(e) => fail("raise", e),
+        }
+    }
+
+    /// Stops raising the hint and puts the file's own back; true if it had
+    /// been raised.
+    fn give_up(&mut self) -> bool {
+        if self.off || self.own.is_none() {
+            return false;
+        }
+        self.off = true;
+        let _ = self.restore();
+        true
+    }
+
+    /// Puts the file's own hint back.
+    fn restore(&mut self) -> std::io::Result<()> {
+        match self.own.take() {
+            Some((f, own)) => sys::set_cow_extent_size_hint(&f, own),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for CowHint {
+    fn drop(&mut self) {
+        let _ = self.restore();
+    }
 }
 
 struct Donor {
@@ -778,6 +896,66 @@ impl Ctx<'_> {
         }
     }
 
+    /// Shares chunk `c` with a scratch file, then unshares it: the kernel
+    /// reserves new blocks for the range in the file's copy-on-write fork
+    /// and dirties its cached pages, and writeback writes them there and
+    /// remaps them. Readers and writers keep using the same page cache
+    /// throughout, and a write during the move is simply part of what is
+    /// written; the scratch file keeps the old blocks until it is dropped.
+    /// The chunk's writeback starts at once, so the device writes it while
+    /// the next chunk is unshared.
+    ///
+    /// For the run of chunks to land in one extent, the file's
+    /// copy-on-write extent size hint is raised to the run's length (at
+    /// most half an allocation group, the kernel's limit): the first
+    /// writeback then allocates the whole run at once, as `xfs_fsr`'s
+    /// preallocated donor does. [`CowHint`] puts the file's own hint back.
+    fn cow(&self, c: &Chunk, span_end: u64) -> Result<Step> {
+        let scratch = match &mut *self.scratch.borrow_mut() {
+            Some(f) => f.try_clone().map_err(self.err("dup"))?,
+            slot => match self.caps.temp_file_near(self.file) {
+                Ok(f) => slot.insert(f).try_clone().map_err(self.err("dup"))?,
+                Err(e) if crate::error::kind_of(&e) == ErrorKind::NoSpace => {
+                    return Ok(Step::Skipped(SkipReason::NoSpace))
+                }
+                Err(e) => return Err(Error::os(self.op.clone(), "create scratch file", e)),
+            },
+        };
+        self.cow_hint
+            .borrow_mut()
+            .cover(self.file, c.offset, span_end, self.bs);
+        match sys::ficlonerange(&scratch, c.offset, self.file, c.offset, c.len) {
+            Ok(()) => {}
+            Err(e) if crate::error::kind_of(&e) == ErrorKind::NoSpace => {
+                return Ok(Step::Skipped(SkipReason::NoSpace))
+            }
+            Err(e) => return Err(Error::os(self.op.clone(), "FICLONERANGE(scratch)", e)),
+        }
+        fail::fail_point!("budge::relocate::before-swap");
+        let unshare = || sys::fallocate(self.file, Falloc::UnshareRange, c.offset, c.len);
+        let r = match unshare() {
+            // The raised hint reserves the whole run: with too little space
+            // for that, try the chunk alone.
+            Err(e)
+                if crate::error::kind_of(&e) == ErrorKind::NoSpace
+                    && self.cow_hint.borrow_mut().give_up() =>
+            {
+                unshare()
+            }
+            r => r,
+        };
+        match r {
+            Ok(()) => {}
+            Err(e) if crate::error::kind_of(&e) == ErrorKind::NoSpace => {
+                return Ok(Step::Skipped(SkipReason::NoSpace))
+            }
+            Err(e) => return Err(Error::os(self.op.clone(), "fallocate(UNSHARE_RANGE)", e)),
+        }
+        // Only a head start: the final fdatasync reports any error.
+        let _ = sys::start_write_back(self.file, c.offset, c.len);
+        Ok(Step::Moved)
+    }
+
     /// The whole chunk is rewritten, like the donor strategies move it:
     /// the kernel's threshold is the chunk's length, so every extent in it
     /// (all shorter) is rewritten, not only those under
@@ -980,7 +1158,7 @@ fn relocate_inner(
                 .with_hint("copy-rename needs the file's path (relocate_path)"))
         }
         Some(s) => vec![s],
-        None => order(caps.fs.kind, path.is_some()),
+        None => order(caps.fs.kind, path.is_some(), opts.keep_times),
     };
     let before = match extents_in(file, start, end - start) {
         Ok(e) => e,
@@ -1043,6 +1221,8 @@ fn relocate_inner(
         size: info.size,
         op: op.clone(),
         donor: std::cell::RefCell::new(None),
+        scratch: std::cell::RefCell::new(None),
+        cow_hint: std::cell::RefCell::new(CowHint::default()),
         progress: opts.progress,
     };
     let to_do: u64 = chunks
@@ -1129,7 +1309,7 @@ fn relocate_inner(
             // btrfs-defrag's chunks are measured once, after the run: a
             // FIEMAP (which syncs) around each would wait for each chunk's
             // writeback before starting the next.
-            let deferred = s == RelocateStrategy::BtrfsDefrag;
+            let deferred = matches!(s, RelocateStrategy::BtrfsDefrag | RelocateStrategy::Cow);
             let ext_before = if deferred {
                 Vec::new()
             } else {
@@ -1140,6 +1320,7 @@ fn relocate_inner(
                 RelocateStrategy::MoveExt => ctx.move_ext(c, span_end),
                 RelocateStrategy::Dedupe => ctx.dedupe(c, span_end),
                 RelocateStrategy::BtrfsDefrag => ctx.btrfs_defrag(c),
+                RelocateStrategy::Cow => ctx.cow(c, span_end),
                 RelocateStrategy::SwapExt
                 | RelocateStrategy::CopyRename
                 | RelocateStrategy::Nothing => unreachable!(),
@@ -1199,15 +1380,29 @@ fn relocate_inner(
             report.notes.join("; ")
         )));
     }
-    // Dropping the last donor frees the old blocks and its share of the new
-    // ones, so FIEMAP can report the file's extents merged.
-    drop(ctx);
     if let Some(p) = opts.progress {
         p(to_do, to_do);
     }
-    if report.chunks_moved > 0 {
+    if report.chunks_moved > 0 || !pending.is_empty() {
         sys::fdatasync(file).map_err(|e| Error::os(op.clone(), "fdatasync", e))?;
     }
+    // After the writeback, which allocates what the raised hint reserved.
+    let mut hint = ctx.cow_hint.borrow_mut();
+    if let Err(e) = hint.restore() {
+        report.notes.push(format!(
+            "cow: could not put back the file's copy-on-write extent size hint ({e})"
+        ));
+    }
+    report.notes.extend(hint.note.take());
+    drop(hint);
+    if report.strategy == RelocateStrategy::Cow && !pending.is_empty() {
+        report.notes.push(
+            "cow: the file's modification and change times were updated (the kernel counts UNSHARE_RANGE as a write; keep_times / --keep-times moves by dedupe instead)".into(),
+        );
+    }
+    // Dropping the last donor frees the old blocks and its share of the new
+    // ones, so FIEMAP can report the file's extents merged.
+    drop(ctx);
     report.coherent = report.strategy.coherent();
     let after = extents_in(file, start, end - start)?;
     report.extents_after = after.len() as u64;
