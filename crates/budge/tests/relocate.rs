@@ -2,8 +2,9 @@
 //! is kept byte for byte, extent counts do not grow (and shrink where the
 //! filesystem has extents), each strategy can be forced where it applies,
 //! dry runs change nothing, shared extents are left alone unless asked, a
-//! chunk raced by a write is left as it was, and ENOSPC leaves the file
-//! intact.
+//! chunk raced by a write is left as it was (or moved with the write, by
+//! cow), ENOSPC leaves the file intact, and cow puts the file's
+//! copy-on-write hint back and says the times changed.
 
 mod common;
 #[path = "crash/loopfs.rs"]
@@ -68,8 +69,12 @@ fn rmapbt(fs: &TestFs) -> bool {
 fn inplace(fs: &TestFs) -> Vec<RelocateStrategy> {
     match fs.kind {
         "ext4" => vec![RelocateStrategy::MoveExt],
-        "xfs" if rmapbt(fs) => vec![RelocateStrategy::SwapExt, RelocateStrategy::Dedupe],
-        "xfs" => vec![RelocateStrategy::Dedupe],
+        "xfs" if rmapbt(fs) => vec![
+            RelocateStrategy::SwapExt,
+            RelocateStrategy::Dedupe,
+            RelocateStrategy::Cow,
+        ],
+        "xfs" => vec![RelocateStrategy::Dedupe, RelocateStrategy::Cow],
         "btrfs" => vec![RelocateStrategy::Dedupe, RelocateStrategy::BtrfsDefrag],
         _ => vec![],
     }
@@ -108,7 +113,8 @@ fs_test!(defragments_keeping_content, |fs| {
             "btrfs" => RelocateStrategy::BtrfsDefrag,
             // The whole file is fragmented: one swap of all its extents.
             _ if rmapbt(fs) => RelocateStrategy::SwapExt,
-            _ => RelocateStrategy::Dedupe,
+            // Without rmapbt: share with a scratch file, then unshare.
+            _ => RelocateStrategy::Cow,
         };
         assert_eq!(r.strategy, want, "{r:?}");
         // A second pass finds little or nothing left to do.
@@ -542,9 +548,9 @@ fn enospc(kind: &'static str) {
             Ok(r) => {
                 assert_none_moved(&r, SkipReason::NoSpace);
                 if kind == "xfs" {
-                    // The whole-file swap found no space and gave way to
-                    // the per-chunk dedupe, which found none either.
-                    assert_eq!(r.strategy, RelocateStrategy::Dedupe, "{r:?}");
+                    // The whole-file swap is not used without rmapbt; the
+                    // per-chunk cow found no space either.
+                    assert_eq!(r.strategy, RelocateStrategy::Cow, "{r:?}");
                     assert!(r.notes.iter().any(|n| n.starts_with("swapext")), "{r:?}");
                 }
             }
@@ -743,7 +749,7 @@ fn swapext_only_with_rmapbt() {
         assert!(e.to_string().contains("rmapbt"), "{e}");
         assert!(read_all(&f) == d);
         let r = relocate(&f, &opts(1 << 20)).unwrap();
-        assert_eq!(r.strategy, RelocateStrategy::Dedupe, "{r:?}");
+        assert_eq!(r.strategy, RelocateStrategy::Cow, "{r:?}");
         assert!(r.notes.iter().any(|n| n.contains("rmapbt")), "{r:?}");
         assert!(read_all(&f) == d);
     });
@@ -851,3 +857,122 @@ fs_test!(
         }
     }
 );
+
+/// `(mtime, ctime)` of `f` in nanoseconds.
+fn times(f: &File) -> (i128, i128) {
+    use std::os::unix::fs::MetadataExt;
+    let m = f.metadata().unwrap();
+    let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+    (ns(m.mtime(), m.mtime_nsec()), ns(m.ctime(), m.ctime_nsec()))
+}
+
+// XFS's cow strategy raises the file's copy-on-write extent size hint for
+// the run and puts the file's own back; it updates the times and says so.
+// With keep_times the automatic choice leaves it out and the times stay.
+// Elsewhere, forced, it is refused and the file is unchanged.
+fs_test!(cow_puts_the_hint_back_and_reports_the_times, |fs| {
+    let o = RelocateOptions {
+        strategy: Some(RelocateStrategy::Cow),
+        ..opts(1 << 20)
+    };
+    if fs.kind != "xfs" {
+        let (f, d) = fragmented(fs, "f", 4 << 20, 12);
+        let before = budge::extents::extents(&f).ok();
+        let e = relocate(&f, &o).unwrap_err();
+        assert!(
+            matches!(
+                e.kind(),
+                ErrorKind::Unsupported | ErrorKind::InvalidArgument
+            ),
+            "{}: {e}",
+            fs.kind
+        );
+        assert!(read_all(&f) == d, "{}: content changed", fs.kind);
+        assert_eq!(budge::extents::extents(&f).ok(), before, "{}", fs.kind);
+        return;
+    }
+    let (f, d) = fragment_by_inserts(fs, "f", 8 << 20, 100);
+    // A hint of the file's own, smaller than the run.
+    budge::sys::set_cow_extent_size_hint(&f, Some(256 << 10)).unwrap();
+    let t0 = times(&f);
+    let r = relocate(&f, &o).unwrap();
+    eprintln!(
+        "xfs: cow extents {} -> {}, moved {}, notes {:?}",
+        r.extents_before, r.extents_after, r.bytes_moved, r.notes
+    );
+    assert_eq!(r.strategy, RelocateStrategy::Cow);
+    assert!(r.coherent);
+    assert!(read_all(&f) == d, "cow changed content");
+    assert!(r.chunks_moved > 0 && r.bytes_moved > 0, "{r:?}");
+    assert!(r.extents_after * 4 < r.extents_before, "{r:?}");
+    assert_eq!(
+        budge::sys::cow_extent_size_hint(&f).unwrap(),
+        Some(256 << 10),
+        "the file's own hint is back"
+    );
+    assert!(times(&f).0 > t0.0, "cow updates mtime");
+    assert!(
+        r.notes.iter().any(|n| n.contains("times were updated")),
+        "{r:?}"
+    );
+    // A file with no hint of its own has none afterwards.
+    let (g, dg) = fragment_by_inserts(fs, "g", 8 << 20, 100);
+    assert_eq!(budge::sys::cow_extent_size_hint(&g).unwrap(), None);
+    relocate(&g, &o).unwrap();
+    assert_eq!(budge::sys::cow_extent_size_hint(&g).unwrap(), None);
+    assert!(read_all(&g) == dg);
+    // keep_times: the automatic choice moves it some other way, times kept.
+    let (h, dh) = fragment_by_inserts(fs, "h", 8 << 20, 100);
+    let th = times(&h);
+    let r = relocate(
+        &h,
+        &RelocateOptions {
+            keep_times: true,
+            ..opts(1 << 20)
+        },
+    )
+    .unwrap();
+    assert_ne!(r.strategy, RelocateStrategy::Cow, "{r:?}");
+    assert!(r.chunks_moved > 0, "{r:?}");
+    assert_eq!(times(&h), th, "{r:?}");
+    assert!(read_all(&h) == dh);
+});
+
+// A write lands in a chunk after cow shared it with the scratch file and
+// before the unshare (failpoint `budge::relocate::before-swap`): the
+// kernel's copy-on-write takes it like any write, and the chunk still
+// moves, with the new bytes.
+#[cfg(feature = "failpoints")]
+#[test]
+fn cow_keeps_a_racing_write() {
+    common::run("xfs", |fs| {
+        let (f, mut d) = fragment_by_inserts(fs, "f", 4 << 20, 100);
+        let scenario = fail::FailScenario::setup();
+        let racer = f.try_clone().unwrap();
+        let new = data(4096, 98);
+        let new2 = new.clone();
+        let fired = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let fired2 = fired.clone();
+        let me = std::thread::current().id();
+        fail::cfg_callback("budge::relocate::before-swap", move || {
+            if std::thread::current().id() == me
+                && !fired2.swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                std::os::unix::fs::FileExt::write_all_at(&racer, &new2, 8192).unwrap();
+            }
+        })
+        .unwrap();
+        let o = RelocateOptions {
+            strategy: Some(RelocateStrategy::Cow),
+            ..opts(1 << 20)
+        };
+        let r = relocate(&f, &o);
+        scenario.teardown();
+        let r = r.unwrap();
+        assert!(fired.load(std::sync::atomic::Ordering::SeqCst));
+        d[8192..8192 + 4096].copy_from_slice(&new);
+        assert!(read_all(&f) == d, "racing write lost");
+        assert_eq!(r.chunks_moved, r.chunks, "{r:?}");
+        assert!(r.extents_after < r.extents_before, "{r:?}");
+    });
+}
