@@ -1,7 +1,8 @@
 //! Relocation (defragmentation) on every filesystem of the matrix: content
 //! is kept byte for byte, extent counts do not grow (and shrink where the
 //! filesystem has extents), each strategy can be forced where it applies,
-//! dry runs change nothing, shared extents are left alone unless asked, a
+//! dry runs change nothing, shared extents are left alone unless asked,
+//! another process reading through its own mapping sees the right bytes, a
 //! chunk raced by a write is left as it was (or moved with the write, by
 //! cow), ENOSPC leaves the file intact, and cow puts the file's
 //! copy-on-write hint back and says the times changed.
@@ -858,6 +859,99 @@ fs_test!(
     }
 );
 
+/// The environment variable that makes [`relocate_reader_worker`] a reader:
+/// `PATH SIZE SEED`.
+const READER_ENV: &str = "BUDGE_RELOCATE_READER";
+
+/// The reader process of `a_reader_process_sees_the_same_bytes_throughout`
+/// (a no-op unless [`READER_ENV`] is set): maps the file read-only with
+/// `MAP_SHARED` and compares every page with the bytes it must hold
+/// (`data(SIZE, SEED)`, what `fragmented` wrote), pass after pass, saying
+/// `pass N BAD` after each, until `PATH.stop` exists.
+#[test]
+fn relocate_reader_worker() {
+    let Ok(spec) = std::env::var(READER_ENV) else {
+        return;
+    };
+    // End libtest's "test ... " line, so the first protocol line starts one.
+    println!();
+    let v: Vec<&str> = spec.split(' ').collect();
+    let (path, size, seed) = (v[0], v[1].parse().unwrap(), v[2].parse().unwrap());
+    let want = data(size, seed);
+    let f = File::open(path).unwrap();
+    // SAFETY: the parent only relocates the file, which keeps its size and
+    // its bytes; nothing truncates it while the map exists.
+    let map = unsafe { budge::map::SharedMap::new(&f, size, false) }.unwrap();
+    let stop = std::path::PathBuf::from(format!("{path}.stop"));
+    let (mut pass, mut bad) = (0u64, 0u64);
+    loop {
+        for (i, page) in map.as_slice().chunks(4096).enumerate() {
+            if page != &want[i * 4096..i * 4096 + page.len()] {
+                bad += 1;
+            }
+        }
+        pass += 1;
+        common::say(&format!("pass {pass} {bad}"));
+        if stop.exists() {
+            break;
+        }
+    }
+}
+
+/// The pass number and mismatches in a reader's `pass N BAD` line.
+fn reader_pass(line: &str) -> Option<(u64, u64)> {
+    let mut w = line.strip_prefix("pass ")?.split(' ');
+    Some((w.next()?.parse().ok()?, w.next()?.parse().ok()?))
+}
+
+// Another process reads the file through its own MAP_SHARED mapping while
+// each in-place strategy relocates it: every page it reads, before, during
+// and after, holds the right bytes.
+fs_test!(a_reader_process_sees_the_same_bytes_throughout, |fs| {
+    use std::time::{Duration, Instant};
+    for (k, s) in inplace(fs).into_iter().enumerate() {
+        let name = format!("proc-{s}");
+        let seed = 40 + k as u64;
+        let (f, d) = fragmented(fs, &name, 8 << 20, seed);
+        let path = fs.path(&name);
+        let spec = format!("{} {} {seed}", path.display(), d.len());
+        let mut w = common::Worker::spawn(
+            common::worker_command("relocate_reader_worker").env(READER_ENV, spec),
+        );
+        let deadline = || Instant::now() + Duration::from_secs(60);
+        assert!(
+            w.wait_for(deadline(), |l| l.starts_with("pass ")).is_some(),
+            "{s}: the reader did not start"
+        );
+        let o = RelocateOptions {
+            strategy: Some(s),
+            ..opts(1 << 20)
+        };
+        let r = relocate(&f, &o).unwrap();
+        // Two whole passes that began after the relocation returned.
+        let last = w.texts().iter().filter_map(|l| reader_pass(l)).count() as u64;
+        let seen = w.wait_for(deadline(), |l| {
+            reader_pass(l).is_some_and(|(p, _)| p >= last + 2)
+        });
+        std::fs::write(format!("{}.stop", path.display()), b"").unwrap();
+        let (lines, status, stderr) = w.finish(Duration::from_secs(60));
+        assert!(status.success(), "{s}: reader: {status} {stderr}");
+        assert!(seen.is_some(), "{s}: the reader stopped passing: {stderr}");
+        let (passes, bad) = lines
+            .iter()
+            .rev()
+            .find_map(|(_, l)| reader_pass(l))
+            .unwrap();
+        eprintln!(
+            "{}: {s}: a reader process made {passes} passes over its mapping while {} bytes moved; {bad} pages differed",
+            fs.kind, r.bytes_moved
+        );
+        assert!(r.bytes_moved > 0, "{s}: {r:?}");
+        assert_eq!(bad, 0, "{}: {s}: the reader saw wrong bytes", fs.kind);
+        assert!(read_all(&f) == d);
+    }
+});
+
 /// `(mtime, ctime)` of `f` in nanoseconds.
 fn times(f: &File) -> (i128, i128) {
     use std::os::unix::fs::MetadataExt;
@@ -953,15 +1047,11 @@ fn cow_keeps_a_racing_write() {
         let new2 = new.clone();
         let fired = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let fired2 = fired.clone();
-        let me = std::thread::current().id();
-        fail::cfg_callback("budge::relocate::before-swap", move || {
-            if std::thread::current().id() == me
-                && !fired2.swap(true, std::sync::atomic::Ordering::SeqCst)
-            {
+        in_this_thread("budge::relocate::before-swap", move || {
+            if !fired2.swap(true, std::sync::atomic::Ordering::SeqCst) {
                 std::os::unix::fs::FileExt::write_all_at(&racer, &new2, 8192).unwrap();
             }
-        })
-        .unwrap();
+        });
         let o = RelocateOptions {
             strategy: Some(RelocateStrategy::Cow),
             ..opts(1 << 20)
