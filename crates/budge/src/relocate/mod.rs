@@ -1383,7 +1383,13 @@ fn relocate_inner(
     if let Some(p) = opts.progress {
         p(to_do, to_do);
     }
-    if report.chunks_moved > 0 || !pending.is_empty() {
+    // A run that moved something ends with its remaps durable, except
+    // btrfs-defrag's, left to the filesystem's next commit as `btrfs
+    // filesystem defragment` leaves them: the content is the same either
+    // way, and btrfs's fdatasync (the log tree) before that commit wrote
+    // the metadata twice (119 of 265 ms for 256 MiB).
+    let moved_any = report.chunks_moved > 0 || !pending.is_empty();
+    if moved_any && report.strategy != RelocateStrategy::BtrfsDefrag {
         sys::fdatasync(file).map_err(|e| Error::os(op.clone(), "fdatasync", e))?;
     }
     // After the writeback, which allocates what the raised hint reserved.
