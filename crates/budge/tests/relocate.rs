@@ -952,6 +952,125 @@ fs_test!(a_reader_process_sees_the_same_bytes_throughout, |fs| {
     }
 });
 
+/// cow with room for one chunk but not for the run: the hint is not
+/// raised (its reservations would fail part-way and keep what they took),
+/// the first chunk moves, then the space is gone (the scratch file holds
+/// the old blocks) and the rest are `no space`, after moving what fitted.
+/// The content never changes, and a second run with space finishes the
+/// job.
+#[test]
+fn cow_enospc_part_way() {
+    if let Some(why) = loopfs::unavailable("xfs") {
+        assert!(!common::in_ci(), "xfs: {why}");
+        eprintln!("SKIPPED cow ENOSPC part-way: {why}");
+        return;
+    }
+    // A fresh filesystem of its own (mkfs.xfs wants at least 300 MB).
+    let lfs = loopfs::LoopFs::new_with("xfs", 320 << 20, &[]).unwrap();
+    let fs = &TestFs {
+        kind: "xfs",
+        dir: tempfile::tempdir_in(lfs.path()).unwrap(),
+    };
+    let (f, d) = fragment_by_inserts(fs, "f", 64 << 20, 300);
+    // Fill the filesystem, then free 40 MiB in one place: a 16 MiB chunk
+    // fits (its reservation, rounded per extent, takes more than 16 MiB),
+    // the 64 MiB run does not.
+    let keep = fs.file_with("keep", &[]);
+    budge::sys::fallocate(&keep, budge::sys::Falloc::Allocate, 0, 40 << 20).unwrap();
+    let filler = fill_fs(fs, 64 << 10);
+    drop(keep);
+    std::fs::remove_file(fs.path("keep")).unwrap();
+    rustix::fs::syncfs(File::open(fs.dir.path()).unwrap()).unwrap();
+    let o = RelocateOptions {
+        strategy: Some(RelocateStrategy::Cow),
+        ..opts(16 << 20)
+    };
+    let r = relocate(&f, &o).unwrap();
+    eprintln!(
+        "xfs: cow ENOSPC part-way: extents {} -> {}, chunks {} moved {} skipped {:?}",
+        r.extents_before, r.extents_after, r.chunks, r.chunks_moved, r.chunks_skipped
+    );
+    assert!(read_all(&f) == d, "content changed");
+    assert_eq!(budge::sys::cow_extent_size_hint(&f).unwrap(), None);
+    assert!(r.notes.iter().any(|n| n.contains("too little")), "{r:?}");
+    assert!(r.chunks_moved >= 1, "{r:?}");
+    assert!(r.bytes_moved > r.chunks_moved * (16 << 20), "{r:?}");
+    assert!(
+        r.chunks_skipped
+            .iter()
+            .any(|c| c.reason == SkipReason::NoSpace),
+        "{r:?}"
+    );
+    assert!(all_skipped(&r, SkipReason::NoSpace), "{r:?}");
+    // Space again: the rest is moved.
+    common::free_filler(fs, filler, 128 << 20);
+    let r2 = relocate(&f, &o).unwrap();
+    assert!(r2.chunks_moved >= 1, "{r2:?}");
+    assert!(extent_count(&f).unwrap() * 10 < r.extents_before, "{r2:?}");
+    assert!(read_all(&f) == d);
+    drop(lfs);
+}
+
+/// The space runs out after cow raised the hint for the run (failpoint
+/// `budge::relocate::before-swap`, between the share and the unshare): the
+/// chunk is `no space`, the content unchanged, the file's own hint back.
+#[cfg(feature = "failpoints")]
+#[test]
+fn cow_enospc_after_raising_the_hint() {
+    if let Some(why) = loopfs::unavailable("xfs") {
+        assert!(!common::in_ci(), "xfs: {why}");
+        eprintln!("SKIPPED cow ENOSPC after raising the hint: {why}");
+        return;
+    }
+    let lfs = loopfs::LoopFs::new_with("xfs", 320 << 20, &[]).unwrap();
+    let fs = &TestFs {
+        kind: "xfs",
+        dir: tempfile::tempdir_in(lfs.path()).unwrap(),
+    };
+    let (f, d) = fragment_by_inserts(fs, "f", 16 << 20, 100);
+    budge::sys::set_cow_extent_size_hint(&f, Some(64 << 10)).unwrap();
+    let scenario = fail::FailScenario::setup();
+    let filler = std::sync::Arc::new(std::sync::Mutex::new(None::<File>));
+    let (filler2, path, probe) = (filler.clone(), fs.path("filler"), f.try_clone().unwrap());
+    in_this_thread("budge::relocate::before-swap", move || {
+        let mut slot = filler2.lock().unwrap();
+        if slot.is_none() {
+            let hint = budge::sys::cow_extent_size_hint(&probe).unwrap();
+            assert_eq!(hint, Some(16 << 20), "raised to the run");
+            let g = File::options()
+                .create(true)
+                .write(true)
+                .open(&path)
+                .unwrap();
+            common::allocate_greedily(&g, 64 << 20, |_| false);
+            *slot = Some(g);
+        }
+    });
+    let o = RelocateOptions {
+        strategy: Some(RelocateStrategy::Cow),
+        ..opts(16 << 20)
+    };
+    let r = relocate(&f, &o);
+    scenario.teardown();
+    let r = r.unwrap();
+    eprintln!(
+        "xfs: cow ENOSPC after raising the hint: moved {} skipped {:?}",
+        r.chunks_moved, r.chunks_skipped
+    );
+    assert!(read_all(&f) == d, "content changed");
+    assert_eq!(
+        budge::sys::cow_extent_size_hint(&f).unwrap(),
+        Some(64 << 10)
+    );
+    assert_none_moved(&r, SkipReason::NoSpace);
+    let g = filler.lock().unwrap().take().unwrap();
+    common::free_filler(fs, g, 64 << 20);
+    let r2 = relocate(&f, &o).unwrap();
+    assert_eq!(r2.chunks_moved, 1, "{r2:?}");
+    assert!(read_all(&f) == d);
+    drop(lfs);
+}
+
 /// `(mtime, ctime)` of `f` in nanoseconds.
 fn times(f: &File) -> (i128, i128) {
     use std::os::unix::fs::MetadataExt;

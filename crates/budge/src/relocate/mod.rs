@@ -572,6 +572,23 @@ impl CowHint {
         }
         let pieces = len.div_ceil(max);
         let hint = align_up(len.div_ceil(pieces), bs).unwrap_or(max).min(max);
+        // The hint reserves that much at each unshare that needs new
+        // blocks, and a reservation that fails part-way is not given back:
+        // without room for the whole run twice over, leave the hint alone
+        // and move chunk by chunk.
+        let avail = match sys::fs_info(file) {
+            Ok(i) => i.avail_bytes,
+            Err(e) => return fail("size", e),
+        };
+        if avail / 2 < len {
+            self.off = true;
+            self.note = Some(format!(
+                "cow: {} free, too little to reserve the {} run at once; the moved data may land in several extents",
+                fmt_size(avail),
+                fmt_size(len)
+            ));
+            return;
+        }
         let own = match &self.own {
             Some((_, own)) => *own,
             None => {
@@ -1232,8 +1249,9 @@ fn relocate_inner(
         .sum();
     let mut done = 0;
     let mut tried_any = false;
-    // Chunks moved whose effect is measured after the run.
-    let mut pending: Vec<(u64, u64)> = Vec::new();
+    // Chunks worked on whose effect is measured after the run (btrfs-defrag,
+    // cow), with the reason for one that stopped.
+    let mut pending: Vec<(u64, u64, Option<SkipReason>)> = Vec::new();
     let mut ci = 0;
     let mut strategy_idx = 0;
     while strategy_idx < candidates.len() {
@@ -1343,8 +1361,12 @@ fn relocate_inner(
                 Ok(st) => st,
             };
             tried_any = true;
-            if deferred && matches!(step, Step::Moved) {
-                pending.push((c.offset, c.len));
+            if deferred {
+                let skip = match step {
+                    Step::Moved => None,
+                    Step::Skipped(r) => Some(r),
+                };
+                pending.push((c.offset, c.len, skip));
                 ci += 1;
                 continue;
             }
@@ -1360,11 +1382,15 @@ fn relocate_inner(
                     report.chunks_moved += 1;
                     report.bytes_moved += moved;
                 }
-                Step::Skipped(r) => report.chunks_skipped.push(SkippedChunk {
-                    offset: c.offset,
-                    len: c.len,
-                    reason: r,
-                }),
+                // What moved before the chunk stopped (move-ext, cow) counts.
+                Step::Skipped(r) => {
+                    report.bytes_moved += moved;
+                    report.chunks_skipped.push(SkippedChunk {
+                        offset: c.offset,
+                        len: c.len,
+                        reason: r,
+                    });
+                }
             }
             ci += 1;
         }
@@ -1415,17 +1441,16 @@ fn relocate_inner(
     if report.strategy == RelocateStrategy::SwapExt {
         report.bytes_moved = moved_bytes(&before, &after);
     }
-    for (offset, len) in pending {
+    for (offset, len, skip) in pending {
         let moved = moved_bytes(&clip(&before, offset, len), &clip(&after, offset, len));
-        if moved == 0 {
-            report.chunks_skipped.push(SkippedChunk {
+        report.bytes_moved += moved;
+        match skip {
+            None if moved > 0 => report.chunks_moved += 1,
+            skip => report.chunks_skipped.push(SkippedChunk {
                 offset,
                 len,
-                reason: SkipReason::Unchanged,
-            });
-        } else {
-            report.chunks_moved += 1;
-            report.bytes_moved += moved;
+                reason: skip.unwrap_or(SkipReason::Unchanged),
+            }),
         }
     }
     report.chunks_skipped.sort_by_key(|c| c.offset);
