@@ -1039,6 +1039,7 @@ fn cow_enospc_after_raising_the_hint() {
             assert_eq!(hint, Some(16 << 20), "raised to the run");
             let g = File::options()
                 .create(true)
+                .truncate(true)
                 .write(true)
                 .open(&path)
                 .unwrap();
