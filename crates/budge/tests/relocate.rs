@@ -391,6 +391,42 @@ fs_test!(relocates_right_after_the_inserts, |fs| {
     }
 });
 
+/// Fills `fs` but for `free` bytes in one place (a file preallocated
+/// first, removed once the filler has taken the rest), synced; returns the
+/// filler.
+fn fill_but(fs: &TestFs, free: u64) -> File {
+    let keep = fs.file_with("keep", &[]);
+    budge::sys::fallocate(&keep, budge::sys::Falloc::Allocate, 0, free).unwrap();
+    let filler = fill_fs(fs, 64 << 10);
+    drop(keep);
+    std::fs::remove_file(fs.path("keep")).unwrap();
+    rustix::fs::syncfs(File::open(fs.dir.path()).unwrap()).unwrap();
+    filler
+}
+
+/// A fresh loop filesystem of `kind` for one test (`mkfs` with `extra`),
+/// and a directory in it; `None` (the test skips, said on stderr; a
+/// failure under CI) where loop filesystems cannot be made. The directory
+/// is dropped before the filesystem.
+fn own_fs(
+    kind: &'static str,
+    size: u64,
+    extra: &'static [&'static str],
+    what: &str,
+) -> Option<(TestFs, loopfs::LoopFs)> {
+    if let Some(why) = loopfs::unavailable(kind) {
+        assert!(!common::in_ci(), "{what} on {kind} under CI: {why}");
+        eprintln!("SKIPPED {what} on {kind}: {why}");
+        return None;
+    }
+    let lfs = loopfs::LoopFs::new_with(kind, size, extra).unwrap();
+    let fs = TestFs {
+        kind,
+        dir: tempfile::tempdir_in(lfs.path()).unwrap(),
+    };
+    Some((fs, lfs))
+}
+
 // ENOSPC part-way: the filesystem fills up (another writer takes the last
 // free space) after the first chunk's donor was allocated. The chunks whose
 // donors could not be allocated are left as they were and reported; the
@@ -399,35 +435,24 @@ fs_test!(relocates_right_after_the_inserts, |fs| {
 fn enospc_part_way(kind: &'static str) {
     use std::sync::{Arc, Mutex};
     // A fresh filesystem of its own: free space left fragmented by other
-    // tests would make donors no better than the file.
-    if let Some(why) = loopfs::unavailable(kind) {
-        assert!(!common::in_ci(), "{kind}: {why}");
-        eprintln!("SKIPPED on {kind}: {why}");
-        return;
-    }
-    // mkfs.xfs wants at least 300 MB.
-    // XFS with rmapbt, so the whole-file swapext runs (and meets ENOSPC).
+    // tests would make donors no better than the file. mkfs.xfs wants at
+    // least 300 MB; XFS with rmapbt, so the whole-file swapext runs (and
+    // meets ENOSPC).
     let extra: &'static [&'static str] = if kind == "xfs" {
         &["-m", "rmapbt=1"]
     } else {
         &[]
     };
-    let lfs = loopfs::LoopFs::new_with(kind, 320 << 20, extra).unwrap();
-    let fs = &TestFs {
-        kind,
-        dir: tempfile::tempdir_in(lfs.path()).unwrap(),
+    let Some((fs, lfs)) = own_fs(kind, 320 << 20, extra, "ENOSPC part-way") else {
+        return;
     };
+    let fs = &fs;
     {
         let (f, d) = fragment_by_inserts(fs, "f", 8 << 20, 1000);
         // Too little free space for one donor spanning the whole file, so
         // each chunk gets its own: fill the filesystem, then free 3 MiB in
         // one place.
-        let keep = fs.file_with("keep", &[]);
-        budge::sys::fallocate(&keep, budge::sys::Falloc::Allocate, 0, 3 << 20).unwrap();
-        let filler = fill_fs(fs, 64 << 10);
-        drop(keep);
-        std::fs::remove_file(fs.path("keep")).unwrap();
-        std::process::Command::new("sync").status().unwrap();
+        let filler = fill_but(fs, 3 << 20);
         if kind == "xfs" {
             // The whole-file swap needs a donor as large as the file: with
             // 3 MiB free it fails before changing anything.
@@ -754,16 +779,11 @@ fn swapext_only_with_rmapbt() {
         assert!(r.notes.iter().any(|n| n.contains("rmapbt")), "{r:?}");
         assert!(read_all(&f) == d);
     });
-    if let Some(why) = loopfs::unavailable("xfs") {
-        assert!(!common::in_ci(), "swapext on rmapbt XFS under CI: {why}");
-        eprintln!("SKIPPED swapext on an rmapbt XFS: {why}");
+    let Some((fs, _lfs)) = own_fs("xfs", 512 << 20, &["-m", "rmapbt=1"], "swapext with rmapbt")
+    else {
         return;
-    }
-    let lfs = loopfs::LoopFs::new_with("xfs", 512 << 20, &["-m", "rmapbt=1"]).unwrap();
-    let fs = &TestFs {
-        kind: "xfs",
-        dir: tempfile::tempdir_in(lfs.path()).unwrap(),
     };
+    let fs = &fs;
     assert!(rmapbt(fs));
     let (f, d) = fragment_by_inserts(fs, "f", 8 << 20, 300);
     let before = extent_count(&f).unwrap();
@@ -960,27 +980,16 @@ fs_test!(a_reader_process_sees_the_same_bytes_throughout, |fs| {
 /// job.
 #[test]
 fn cow_enospc_part_way() {
-    if let Some(why) = loopfs::unavailable("xfs") {
-        assert!(!common::in_ci(), "xfs: {why}");
-        eprintln!("SKIPPED cow ENOSPC part-way: {why}");
-        return;
-    }
     // A fresh filesystem of its own (mkfs.xfs wants at least 300 MB).
-    let lfs = loopfs::LoopFs::new_with("xfs", 320 << 20, &[]).unwrap();
-    let fs = &TestFs {
-        kind: "xfs",
-        dir: tempfile::tempdir_in(lfs.path()).unwrap(),
+    let Some((fs, lfs)) = own_fs("xfs", 320 << 20, &[], "cow ENOSPC part-way") else {
+        return;
     };
+    let fs = &fs;
     let (f, d) = fragment_by_inserts(fs, "f", 64 << 20, 300);
     // Fill the filesystem, then free 40 MiB in one place: a 16 MiB chunk
     // fits (its reservation, rounded per extent, takes more than 16 MiB),
     // the 64 MiB run does not.
-    let keep = fs.file_with("keep", &[]);
-    budge::sys::fallocate(&keep, budge::sys::Falloc::Allocate, 0, 40 << 20).unwrap();
-    let filler = fill_fs(fs, 64 << 10);
-    drop(keep);
-    std::fs::remove_file(fs.path("keep")).unwrap();
-    rustix::fs::syncfs(File::open(fs.dir.path()).unwrap()).unwrap();
+    let filler = fill_but(fs, 40 << 20);
     let o = RelocateOptions {
         strategy: Some(RelocateStrategy::Cow),
         ..opts(16 << 20)
@@ -1017,16 +1026,10 @@ fn cow_enospc_part_way() {
 #[cfg(feature = "failpoints")]
 #[test]
 fn cow_enospc_after_raising_the_hint() {
-    if let Some(why) = loopfs::unavailable("xfs") {
-        assert!(!common::in_ci(), "xfs: {why}");
-        eprintln!("SKIPPED cow ENOSPC after raising the hint: {why}");
+    let Some((fs, lfs)) = own_fs("xfs", 320 << 20, &[], "cow ENOSPC after raising the hint") else {
         return;
-    }
-    let lfs = loopfs::LoopFs::new_with("xfs", 320 << 20, &[]).unwrap();
-    let fs = &TestFs {
-        kind: "xfs",
-        dir: tempfile::tempdir_in(lfs.path()).unwrap(),
     };
+    let fs = &fs;
     let (f, d) = fragment_by_inserts(fs, "f", 16 << 20, 100);
     budge::sys::set_cow_extent_size_hint(&f, Some(64 << 10)).unwrap();
     let scenario = fail::FailScenario::setup();
