@@ -300,6 +300,19 @@ fs_test!(shared_extents_left_unless_unshare, |fs| {
     assert!(r.extents_after < r.extents_before, "{r:?}");
 });
 
+/// A fragmented file that surely has chunks to move: on XFS and btrfs made
+/// by inserts (the interleaved writes of `fragmented` can come out whole on
+/// XFS, seen on a fresh loop XFS and after cow relocations; on btrfs the
+/// inserts' reflink-shift pieces are shared within the file), elsewhere by
+/// `fragmented` with `seed`.
+fn surely_fragmented(fs: &TestFs, name: &str, size: usize, seed: u64) -> (File, Vec<u8>) {
+    if matches!(fs.kind, "xfs" | "btrfs") {
+        fragment_by_inserts(fs, name, size, 100)
+    } else {
+        fragmented(fs, name, size, seed)
+    }
+}
+
 // The fragmentation budge's own users get: 1,000 random inserts into a
 // file, each inserted range then written (a store growing its regions).
 // Relocation puts it back into few extents, byte for byte.
@@ -665,14 +678,7 @@ fn stores_through_a_dirty_mapping(fs: &TestFs) {
     use std::sync::mpsc::channel;
     use std::sync::{Arc, Mutex};
     for s in inplace(fs) {
-        // On XFS, inserts: they fragment also on a fresh, empty loop XFS,
-        // where the interleaved writes of `fragmented` can come out whole.
-        // On btrfs too: reflink-shift pieces shared within the file.
-        let (f, mut d) = if matches!(fs.kind, "xfs" | "btrfs") {
-            fragment_by_inserts(fs, &format!("m-{s}"), 4 << 20, 100)
-        } else {
-            fragmented(fs, &format!("m-{s}"), 4 << 20, 12)
-        };
+        let (f, mut d) = surely_fragmented(fs, &format!("m-{s}"), 4 << 20, 12);
         if has_extents(fs) {
             assert!(extent_count(&f).unwrap() > 8, "{}: not fragmented", fs.kind);
         }
@@ -833,7 +839,7 @@ fs_test!(
     |fs| {
         use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
         for s in inplace(fs) {
-            let (f, d) = fragmented(fs, &format!("live-{s}"), 8 << 20, 5);
+            let (f, d) = surely_fragmented(fs, &format!("live-{s}"), 8 << 20, 5);
             // SAFETY: nothing truncates the file while the map exists: only
             // relocation runs on it, which keeps its size and content.
             let map = unsafe { budge::map::SharedMap::new(&f, d.len(), false) }.unwrap();
@@ -880,14 +886,14 @@ fs_test!(
 );
 
 /// The environment variable that makes [`relocate_reader_worker`] a reader:
-/// `PATH SIZE SEED`.
+/// `PATH WANT` (WANT: a file holding the bytes PATH must read as).
 const READER_ENV: &str = "BUDGE_RELOCATE_READER";
 
 /// The reader process of `a_reader_process_sees_the_same_bytes_throughout`
 /// (a no-op unless [`READER_ENV`] is set): maps the file read-only with
-/// `MAP_SHARED` and compares every page with the bytes it must hold
-/// (`data(SIZE, SEED)`, what `fragmented` wrote), pass after pass, saying
-/// `pass N BAD` after each, until `PATH.stop` exists.
+/// `MAP_SHARED` and compares every page with the bytes it must hold (read
+/// from WANT first), pass after pass, saying `pass N BAD` after each, until
+/// `PATH.stop` exists.
 #[test]
 fn relocate_reader_worker() {
     let Ok(spec) = std::env::var(READER_ENV) else {
@@ -895,9 +901,9 @@ fn relocate_reader_worker() {
     };
     // End libtest's "test ... " line, so the first protocol line starts one.
     println!();
-    let v: Vec<&str> = spec.split(' ').collect();
-    let (path, size, seed) = (v[0], v[1].parse().unwrap(), v[2].parse().unwrap());
-    let want = data(size, seed);
+    let (path, want) = spec.split_once(' ').unwrap();
+    let want = std::fs::read(want).unwrap();
+    let size = want.len();
     let f = File::open(path).unwrap();
     // SAFETY: the parent only relocates the file, which keeps its size and
     // its bytes; nothing truncates it while the map exists.
@@ -932,9 +938,11 @@ fs_test!(a_reader_process_sees_the_same_bytes_throughout, |fs| {
     for (k, s) in inplace(fs).into_iter().enumerate() {
         let name = format!("proc-{s}");
         let seed = 40 + k as u64;
-        let (f, d) = fragmented(fs, &name, 8 << 20, seed);
+        let (f, d) = surely_fragmented(fs, &name, 8 << 20, seed);
         let path = fs.path(&name);
-        let spec = format!("{} {} {seed}", path.display(), d.len());
+        let want = fs.path(&format!("{name}.want"));
+        std::fs::write(&want, &d).unwrap();
+        let spec = format!("{} {}", path.display(), want.display());
         let mut w = common::Worker::spawn(
             common::worker_command("relocate_reader_worker").env(READER_ENV, spec),
         );
