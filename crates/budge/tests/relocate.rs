@@ -18,7 +18,9 @@ use budge::relocate::{
     relocate, relocate_path, RelocateOptions, RelocateReport, RelocateStrategy, SkipReason,
 };
 use budge::ErrorKind;
-use common::{data, fill_fs, fragmented, read_all, run_small, TestFs};
+use common::{
+    data, fill_fs, fragment_by_inserts, fragmented, read_all, run_small, surely_fragmented, TestFs,
+};
 
 fn extent_count(f: &File) -> Option<u64> {
     budge::extents::extents(f).ok().map(|e| e.len() as u64)
@@ -299,54 +301,6 @@ fs_test!(shared_extents_left_unless_unshare, |fs| {
     assert!(read_all(&f) == d && read_all(&copy) == d);
     assert!(r.extents_after < r.extents_before, "{r:?}");
 });
-
-/// A fragmented file that surely has chunks to move: on XFS and btrfs made
-/// by inserts (the interleaved writes of `fragmented` can come out whole on
-/// XFS, seen on a fresh loop XFS and after cow relocations; on btrfs the
-/// inserts' reflink-shift pieces are shared within the file), elsewhere by
-/// `fragmented` with `seed`.
-fn surely_fragmented(fs: &TestFs, name: &str, size: usize, seed: u64) -> (File, Vec<u8>) {
-    if matches!(fs.kind, "xfs" | "btrfs") {
-        fragment_by_inserts(fs, name, size, 100)
-    } else {
-        fragmented(fs, name, size, seed)
-    }
-}
-
-// The fragmentation budge's own users get: 1,000 random inserts into a
-// file, each inserted range then written (a store growing its regions).
-// Relocation puts it back into few extents, byte for byte.
-/// A file of `size` bytes fragmented the way budge's own users fragment
-/// theirs: `inserts` random one-block inserts (the best strategy here), each
-/// inserted block then written. Returns the file and its expected content.
-fn fragment_by_inserts(fs: &TestFs, name: &str, size: usize, inserts: u64) -> (File, Vec<u8>) {
-    use std::os::unix::fs::FileExt;
-    let bs = budge::sys::fs_info(fs.file_with("probe", &[]))
-        .unwrap()
-        .block_size
-        .max(4096);
-    let f = fs.file_with(name, &data(size - (inserts * bs) as usize, 11));
-    // Durable first, as a user's file would be: on btrfs this puts the
-    // data's extent in the log tree, and the inserts then share pieces of
-    // it that no committed transaction has seen yet.
-    f.sync_all().unwrap();
-    let mut model = read_all(&f);
-    let mut x = 0x2545_F491_4F6C_DD1Du64;
-    for i in 0..inserts {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let at = (x % (model.len() as u64 / bs + 1)) * bs;
-        let piece = data(bs as usize, 1000 + i);
-        budge::insert(&f, at, bs, &budge::ShiftOptions::default()).unwrap();
-        f.write_all_at(&piece, at).unwrap();
-        let at = at as usize;
-        model.splice(at..at, piece);
-    }
-    f.sync_all().unwrap();
-    assert!(read_all(&f) == model, "{}: the inserts themselves", fs.kind);
-    (f, model)
-}
 
 // The fragmentation budge's own users get: 1,000 random inserts into a
 // file, each inserted range then written (a store growing its regions).

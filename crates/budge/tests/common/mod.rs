@@ -558,6 +558,50 @@ pub fn fragmented(fs: &TestFs, name: &str, size: usize, seed: u64) -> (File, Vec
     (f, d)
 }
 
+/// A file of `size` bytes fragmented the way budge's own users fragment
+/// theirs: `inserts` random one-block inserts (the best strategy here), each
+/// inserted block then written. Returns the file and its expected content.
+pub fn fragment_by_inserts(fs: &TestFs, name: &str, size: usize, inserts: u64) -> (File, Vec<u8>) {
+    let bs = budge::sys::fs_info(fs.file_with("probe", &[]))
+        .unwrap()
+        .block_size
+        .max(4096);
+    let f = fs.file_with(name, &data(size - (inserts * bs) as usize, 11));
+    // Durable first, as a user's file would be: on btrfs this puts the
+    // data's extent in the log tree, and the inserts then share pieces of
+    // it that no committed transaction has seen yet.
+    f.sync_all().unwrap();
+    let mut model = read_all(&f);
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    for i in 0..inserts {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let at = (x % (model.len() as u64 / bs + 1)) * bs;
+        let piece = data(bs as usize, 1000 + i);
+        budge::insert(&f, at, bs, &budge::ShiftOptions::default()).unwrap();
+        f.write_all_at(&piece, at).unwrap();
+        let at = at as usize;
+        model.splice(at..at, piece);
+    }
+    f.sync_all().unwrap();
+    assert!(read_all(&f) == model, "{}: the inserts themselves", fs.kind);
+    (f, model)
+}
+
+/// A fragmented file that surely has chunks to move: on XFS and btrfs made
+/// by inserts (the interleaved writes of `fragmented` can come out whole on
+/// XFS, seen on a fresh loop XFS and after cow relocations; on btrfs the
+/// inserts' reflink-shift pieces are shared within the file), elsewhere by
+/// `fragmented` with `seed`.
+pub fn surely_fragmented(fs: &TestFs, name: &str, size: usize, seed: u64) -> (File, Vec<u8>) {
+    if matches!(fs.kind, "xfs" | "btrfs") {
+        fragment_by_inserts(fs, name, size, 100)
+    } else {
+        fragmented(fs, name, size, seed)
+    }
+}
+
 /// ext4's allocator places each write right after the file's previous
 /// extent whatever else is written in between, so the interleaving above
 /// leaves one extent. Scatter the odd pieces instead: move each onto blocks
