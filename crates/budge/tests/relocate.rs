@@ -909,7 +909,25 @@ fs_test!(a_reader_process_sees_the_same_bytes_throughout, |fs| {
             strategy: Some(s),
             ..opts(1 << 20)
         };
-        let r = relocate(&f, &o).unwrap();
+        // Each chunk lingers 20 ms before its move (where the strategy has
+        // that failpoint), so the reader's passes overlap the moves.
+        #[cfg(feature = "failpoints")]
+        let scenario = fail::FailScenario::setup();
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        #[cfg(feature = "failpoints")]
+        {
+            let hits = hits.clone();
+            in_this_thread("budge::relocate::before-swap", move || {
+                hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            });
+        }
+        let t0 = Instant::now();
+        let r = relocate(&f, &o);
+        let t1 = Instant::now();
+        #[cfg(feature = "failpoints")]
+        scenario.teardown();
+        let r = r.unwrap();
         // Two whole passes that began after the relocation returned.
         let last = w.texts().iter().filter_map(|l| reader_pass(l)).count() as u64;
         let seen = w.wait_for(deadline(), |l| {
@@ -924,26 +942,76 @@ fs_test!(a_reader_process_sees_the_same_bytes_throughout, |fs| {
             .rev()
             .find_map(|(_, l)| reader_pass(l))
             .unwrap();
+        // Passes that were under way while the relocation ran: each starts
+        // where the one before it ended.
+        let ends: Vec<Instant> = lines
+            .iter()
+            .filter(|(_, l)| reader_pass(l).is_some())
+            .map(|(t, _)| *t)
+            .collect();
+        let during = ends.windows(2).filter(|w| w[1] > t0 && w[0] < t1).count();
         eprintln!(
-            "{}: {s}: a reader process made {passes} passes over its mapping while {} bytes moved; {bad} pages differed",
+            "{}: {s}: a reader process made {passes} passes over its mapping ({during} during the moves) while {} bytes moved; {bad} pages differed",
             fs.kind, r.bytes_moved
         );
+        if hits.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            assert!(during > 0, "{s}: no reader pass overlapped the moves");
+        }
         assert!(r.bytes_moved > 0, "{s}: {r:?}");
         assert_eq!(bad, 0, "{}: {s}: the reader saw wrong bytes", fs.kind);
         assert!(read_all(&f) == d);
     }
 });
 
+/// A writer truncates the file after cow shared a chunk and before the
+/// unshare: the unshare keeps the size (`KEEP_SIZE`; without it XFS grew
+/// the file back to the chunk's end with zeros), so the file is exactly
+/// what the truncate left; the chunks past the new end are skipped as
+/// changed.
+#[cfg(feature = "failpoints")]
+#[test]
+fn cow_keeps_a_racing_truncate() {
+    common::run("xfs", |fs| {
+        let (f, d) = fragment_by_inserts(fs, "f", 8 << 20, 100);
+        let scenario = fail::FailScenario::setup();
+        let racer = f.try_clone().unwrap();
+        let fired = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let fired2 = fired.clone();
+        in_this_thread("budge::relocate::before-swap", move || {
+            if !fired2.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                racer.set_len(1 << 20).unwrap();
+            }
+        });
+        let o = RelocateOptions {
+            strategy: Some(RelocateStrategy::Cow),
+            ..opts(4 << 20)
+        };
+        let r = relocate(&f, &o);
+        scenario.teardown();
+        let r = r.unwrap();
+        eprintln!("xfs: cow with a racing truncate: {r:?}");
+        assert!(fired.load(std::sync::atomic::Ordering::SeqCst));
+        assert_eq!(f.metadata().unwrap().len(), 1 << 20, "{r:?}");
+        assert!(read_all(&f) == d[..1 << 20], "{r:?}");
+        // The chunks past the new end are skipped as changed.
+        assert!(
+            r.chunks_skipped
+                .iter()
+                .any(|c| c.reason == SkipReason::Differs),
+            "{r:?}"
+        );
+    });
+}
+
 /// cow with room for one chunk but not for the run: the hint is not
 /// raised (its reservations would fail part-way and keep what they took),
-/// the first chunk moves, then the space is gone (the scratch file holds
-/// the old blocks) and the rest are `no space`, after moving what fitted.
-/// The content never changes, and a second run with space finishes the
-/// job.
+/// and every chunk still moves, since each chunk's old blocks are freed
+/// before the next (the scratch file's share is punched). The content
+/// never changes.
 #[test]
-fn cow_enospc_part_way() {
+fn cow_needs_room_for_one_chunk_at_a_time() {
     // A fresh filesystem of its own (mkfs.xfs wants at least 300 MB).
-    let Some((fs, lfs)) = own_fs("xfs", 320 << 20, &[], "cow ENOSPC part-way") else {
+    let Some((fs, lfs)) = own_fs("xfs", 320 << 20, &[], "cow with room for one chunk") else {
         return;
     };
     let fs = &fs;
@@ -958,27 +1026,15 @@ fn cow_enospc_part_way() {
     };
     let r = relocate(&f, &o).unwrap();
     eprintln!(
-        "xfs: cow ENOSPC part-way: extents {} -> {}, chunks {} moved {} skipped {:?}",
+        "xfs: cow with room for one chunk: extents {} -> {}, chunks {} moved {} skipped {:?}",
         r.extents_before, r.extents_after, r.chunks, r.chunks_moved, r.chunks_skipped
     );
     assert!(read_all(&f) == d, "content changed");
     assert_eq!(budge::sys::cow_extent_size_hint(&f).unwrap(), None);
     assert!(r.notes.iter().any(|n| n.contains("too little")), "{r:?}");
-    assert!(r.chunks_moved >= 1, "{r:?}");
-    assert!(r.bytes_moved > r.chunks_moved * (16 << 20), "{r:?}");
-    assert!(
-        r.chunks_skipped
-            .iter()
-            .any(|c| c.reason == SkipReason::NoSpace),
-        "{r:?}"
-    );
-    assert!(all_skipped(&r, SkipReason::NoSpace), "{r:?}");
-    // Space again: the rest is moved.
-    common::free_filler(fs, filler, 128 << 20);
-    let r2 = relocate(&f, &o).unwrap();
-    assert!(r2.chunks_moved >= 1, "{r2:?}");
-    assert!(extent_count(&f).unwrap() * 10 < r.extents_before, "{r2:?}");
-    assert!(read_all(&f) == d);
+    assert_eq!(r.chunks_moved, r.chunks, "{r:?}");
+    assert!(r.extents_after * 10 < r.extents_before, "{r:?}");
+    drop(filler);
     drop(lfs);
 }
 
@@ -1090,6 +1146,8 @@ fs_test!(cow_puts_the_hint_back_and_reports_the_times, |fs| {
         "the file's own hint is back"
     );
     assert!(times(&f).0 > t0.0, "cow updates mtime");
+    // XFS sets PREALLOC on every unshare; it is put back too.
+    assert!(!budge::sys::cow_attrs(&f).unwrap().prealloc);
     assert!(
         r.notes.iter().any(|n| n.contains("times were updated")),
         "{r:?}"
@@ -1100,6 +1158,43 @@ fs_test!(cow_puts_the_hint_back_and_reports_the_times, |fs| {
     relocate(&g, &o).unwrap();
     assert_eq!(budge::sys::cow_extent_size_hint(&g).unwrap(), None);
     assert!(read_all(&g) == dg);
+    // A run that does not start at 0: the hint divides its offset, so no
+    // copy-on-write blocks are reserved outside it (they would stay
+    // allocated until the inode leaves memory).
+    let (k, dk) = fragment_by_inserts(fs, "k", 64 << 20, 300);
+    let r = relocate(
+        &k,
+        &RelocateOptions {
+            range: Some((16 << 20, 48 << 20)),
+            ..o
+        },
+    )
+    .unwrap();
+    assert!(r.chunks_moved > 0, "{r:?}");
+    assert!(read_all(&k) == dk);
+    {
+        use std::os::unix::fs::MetadataExt;
+        let allocated = k.metadata().unwrap().blocks() * 512;
+        assert!(
+            allocated <= (64 << 20) + (1 << 20),
+            "{allocated} bytes allocated for 64 MiB: {r:?}"
+        );
+    }
+    // Setuid and setgid bits and file capabilities, which the kernel
+    // clears on a write: the automatic choice leaves cow out; forced, it
+    // is refused. The bits stay.
+    use std::os::unix::fs::PermissionsExt;
+    let (s, ds) = fragment_by_inserts(fs, "s", 8 << 20, 100);
+    s.set_permissions(std::fs::Permissions::from_mode(0o4755))
+        .unwrap();
+    let e = relocate(&s, &o).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    assert!(e.to_string().contains("setuid"), "{e}");
+    let r = relocate(&s, &opts(1 << 20)).unwrap();
+    assert_ne!(r.strategy, RelocateStrategy::Cow, "{r:?}");
+    assert!(r.notes.iter().any(|n| n.contains("left out")), "{r:?}");
+    assert_eq!(s.metadata().unwrap().permissions().mode() & 0o7777, 0o4755);
+    assert!(read_all(&s) == ds);
     // keep_times: the automatic choice moves it some other way, times kept.
     let (h, dh) = fragment_by_inserts(fs, "h", 8 << 20, 100);
     let th = times(&h);

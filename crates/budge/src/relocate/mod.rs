@@ -524,116 +524,175 @@ struct Ctx<'a> {
     donor: std::cell::RefCell<Option<Donor>>,
     /// [`Ctx::cow`]'s scratch file, holding the old blocks.
     scratch: std::cell::RefCell<Option<File>>,
-    cow_hint: std::cell::RefCell<CowHint>,
+    cow: std::cell::RefCell<CowState>,
     progress: Option<Progress<'a>>,
 }
 
-/// The file's copy-on-write extent size hint while [`Ctx::cow`] raises it
-/// to cover a run of chunks, and the file's own hint, put back by
-/// [`CowHint::restore`] (or, ignoring errors, on drop).
+/// What [`Ctx::cow`] changes on the file besides its blocks, put back by
+/// [`CowState::restore`] (or, ignoring errors, on drop): its copy-on-write
+/// extent size hint, raised to cover each run of chunks, and XFS's
+/// `PREALLOC` flag, which every unshare sets. Also whether an unshare was
+/// issued (the file's times changed).
 #[derive(Default)]
-struct CowHint {
+struct CowState {
     /// The file (a second descriptor, so the guard owns it) and its own
-    /// hint, read before the first change (`None`: it had none).
-    own: Option<(File, Option<u32>)>,
+    /// attributes, read before the first unshare.
+    own: Option<(File, sys::CowAttrs)>,
+    /// The hint is raised.
+    raised: bool,
+    /// An unshare was issued.
+    unshared: bool,
     /// The end of the run the raised hint covers.
     covers: u64,
     /// Leave the hint alone from now on (it could not be set, or the
     /// filesystem lacked the space it reserves).
     off: bool,
-    /// Why the hint was not raised, for the report.
+    /// Why the hint was not raised or put back, for the report.
     note: Option<String>,
 }
 
-impl CowHint {
-    /// Raises `file`'s hint to the length of the run `[offset, span_end)`
-    /// if it does not cover it yet: in equal pieces of at most half an
-    /// allocation group (the kernel's limit), whole blocks.
+impl CowState {
+    /// Reads the file's own attributes, once.
+    fn begin(&mut self, file: &File) -> std::io::Result<()> {
+        if self.own.is_none() {
+            let own = sys::cow_attrs(file)?;
+            self.own = Some((file.try_clone()?, own));
+        }
+        Ok(())
+    }
+
+    /// Raises `file`'s hint to cover the run `[offset, span_end)` if it does
+    /// not yet. The kernel aligns copy-on-write reservations to multiples
+    /// of the hint counted from offset 0, so the hint divides both the
+    /// run's start and its length ([`aligned_hint`]): it reserves the run's
+    /// blocks and none around it. At most half an allocation group and
+    /// `2^21 - 1` blocks (the kernel's limits); only with room for the run
+    /// twice over.
     fn cover(&mut self, file: &File, offset: u64, span_end: u64, bs: u64) {
         if self.off || offset < self.covers {
             return;
         }
-        let mut fail = |what: &str, e: std::io::Error| {
+        let Some((_, own)) = &self.own else { return };
+        let own = own.cow_extent_size;
+        let mut fail = |what: String| {
             self.off = true;
             self.note = Some(format!(
-                "cow: could not {what} the copy-on-write extent size hint ({e}); the moved data may land in several extents"
+                "cow: {what}; the moved data may land in several extents"
             ));
         };
         let ag = match sys::xfs_ag_bytes(file) {
             Ok(ag) => ag,
-            Err(e) => return fail("size", e),
+            Err(e) => return fail(format!("could not size the allocation groups ({e})")),
         };
-        // XFS: at most half an allocation group, MAXEXTLEN (2^21) blocks,
-        // and the field is 32 bits of bytes.
-        let max = (ag / 2).min(bs << 21).min(u64::from(u32::MAX)) / bs * bs;
-        let len = span_end.saturating_sub(offset);
-        if max == 0 || len == 0 {
-            return;
-        }
-        let pieces = len.div_ceil(max);
-        let hint = align_up(len.div_ceil(pieces), bs).unwrap_or(max).min(max);
-        // The hint reserves that much at each unshare that needs new
-        // blocks, and a reservation that fails part-way is not given back:
-        // without room for the whole run twice over, leave the hint alone
-        // and move chunk by chunk.
+        let max = (ag / 2).min(bs * ((1 << 21) - 1)).min(u64::from(u32::MAX));
+        let len = align_up(span_end.saturating_sub(offset), bs).unwrap_or(u64::MAX);
+        // Each unshare reserves whole hints, and a reservation that fails
+        // part-way keeps what it took.
         let avail = match sys::fs_info(file) {
             Ok(i) => i.avail_bytes,
-            Err(e) => return fail("size", e),
+            Err(e) => return fail(format!("could not read the free space ({e})")),
         };
         if avail / 2 < len {
-            self.off = true;
-            self.note = Some(format!(
-                "cow: {} free, too little to reserve the {} run at once; the moved data may land in several extents",
+            return fail(format!(
+                "{} free, too little to reserve the {} run at once",
                 fmt_size(avail),
                 fmt_size(len)
             ));
-            return;
         }
-        let own = match &self.own {
-            Some((_, own)) => *own,
-            None => {
-                match sys::cow_extent_size_hint(file).and_then(|own| Ok((file.try_clone()?, own))) {
-                    Ok((f, own)) => {
-                        self.own = Some((f, own));
-                        own
-                    }
-                    Err(e) => return fail("read", e),
-                }
-            }
+        let Some(hint) = aligned_hint(offset, len, max, bs) else {
+            return fail(format!(
+                "no copy-on-write extent size hint of at least 1 MiB divides both the run's offset ({}) and its length ({})",
+                fmt_size(offset),
+                fmt_size(len)
+            ));
         };
         if own.is_some_and(|o| u64::from(o) >= hint) {
             self.covers = span_end;
             return;
         }
         match sys::set_cow_extent_size_hint(file, Some(hint as u32)) {
-            Ok(()) => self.covers = span_end,
-            Err(e) => fail("raise", e),
+            Ok(()) => {
+                self.raised = true;
+                self.covers = span_end;
+            }
+            Err(e) => fail(format!(
+                "could not raise the copy-on-write extent size hint ({e})"
+            )),
         }
     }
 
     /// Stops raising the hint and puts the file's own back; true if it had
     /// been raised.
     fn give_up(&mut self) -> bool {
-        if self.off || self.own.is_none() {
+        if self.off || !self.raised {
             return false;
         }
         self.off = true;
-        let _ = self.restore();
+        self.raised = false;
+        if let Some((f, own)) = &self.own {
+            if let Err(e) = sys::set_cow_extent_size_hint(f, own.cow_extent_size) {
+                self.note = Some(format!(
+                    "cow: could not put back the file's copy-on-write extent size hint ({e})"
+                ));
+            }
+        }
         true
     }
 
-    /// Puts the file's own hint back.
+    /// Puts the file's own hint and `PREALLOC` flag back, if they changed.
     fn restore(&mut self) -> std::io::Result<()> {
-        match self.own.take() {
-            Some((f, own)) => sys::set_cow_extent_size_hint(&f, own),
-            None => Ok(()),
+        let Some((f, own)) = self.own.take() else {
+            return Ok(());
+        };
+        if sys::cow_attrs(&f)? == own {
+            return Ok(());
         }
+        sys::set_cow_attrs(&f, own)
     }
 }
 
-impl Drop for CowHint {
+impl Drop for CowState {
     fn drop(&mut self) {
         let _ = self.restore();
+    }
+}
+
+/// The largest copy-on-write extent size hint, in whole blocks, of at least
+/// 1 MiB and at most `max` bytes, that divides both `offset` and `len`
+/// (multiples of `bs`); `None` if there is none (or it takes too long to
+/// find: a length of many blocks whose common divisor has no factor near
+/// `max`).
+fn aligned_hint(offset: u64, len: u64, max: u64, bs: u64) -> Option<u64> {
+    let gcd = |mut a: u64, mut b: u64| {
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        a
+    };
+    let g = gcd(offset / bs, len / bs);
+    let most = max / bs;
+    if g == 0 || most == 0 {
+        return None;
+    }
+    // The largest divisor of g not over `most`: g / k for the least k.
+    let first = g.div_ceil(most);
+    let k = (first..first.saturating_add(1 << 16)).find(|k| g % k == 0)?;
+    let hint = g / k * bs;
+    (hint >= 1 << 20).then_some(hint)
+}
+
+/// Why [`RelocateStrategy::Cow`] must not run on `file`, if it must not:
+/// the kernel counts `FALLOC_FL_UNSHARE_RANGE` as a write, and a write
+/// clears setuid and setgid bits and removes file capabilities
+/// (`security.capability`), root's included.
+fn cow_would_strip(file: &File) -> Option<&'static str> {
+    let mode = sys::meta::identity(file).map_or(0, |(_, o)| o.mode);
+    if mode & 0o6000 != 0 {
+        return Some("the file is setuid or setgid, which the kernel clears on a write (UNSHARE_RANGE counts as one)");
+    }
+    match sys::meta::xattr_get_opt(file, "security.capability") {
+        Ok(Some(_)) => Some("the file has capabilities (security.capability), which the kernel removes on a write (UNSHARE_RANGE counts as one)"),
+        _ => None,
     }
 }
 
@@ -914,20 +973,28 @@ impl Ctx<'_> {
     }
 
     /// Shares chunk `c` with a scratch file, then unshares it: the kernel
-    /// reserves new blocks for the range in the file's copy-on-write fork
-    /// and dirties its cached pages, and writeback writes them there and
-    /// remaps them. Readers and writers keep using the same page cache
-    /// throughout, and a write during the move is simply part of what is
-    /// written; the scratch file keeps the old blocks until it is dropped.
-    /// The chunk's writeback starts at once, so the device writes it while
-    /// the next chunk is unshared.
+    /// reserves new blocks for the range in the file's copy-on-write fork,
+    /// dirties its cached pages, writes them back there, remaps them and
+    /// waits (`xfs_reflink_unshare`). Readers and writers keep using the
+    /// same page cache throughout, and a write during the move is simply
+    /// part of what is written. The scratch file's share of the chunk is
+    /// punched right after, freeing the old blocks, so a run needs free
+    /// space for one chunk at a time.
     ///
     /// For the run of chunks to land in one extent, the file's
-    /// copy-on-write extent size hint is raised to the run's length (at
-    /// most half an allocation group, the kernel's limit): the first
-    /// writeback then allocates the whole run at once, as `xfs_fsr`'s
-    /// preallocated donor does. [`CowHint`] puts the file's own hint back.
+    /// copy-on-write extent size hint is raised to cover the run
+    /// ([`CowState::cover`]): the first chunk's writeback then allocates
+    /// the whole run at once, as `xfs_fsr`'s preallocated donor does.
+    /// [`CowState`] puts the file's own hint and flags back.
     fn cow(&self, c: &Chunk, span_end: u64) -> Result<Step> {
+        if self.caps.fs.kind != FsKind::Xfs {
+            return Err(
+                Error::new(ErrorKind::Unsupported, self.op.clone()).with_hint(format!(
+                    "cow needs XFS with reflink (FALLOC_FL_UNSHARE_RANGE of shared blocks); this is {}",
+                    self.caps.fs.kind.name()
+                )),
+            );
+        }
         let scratch = match &mut *self.scratch.borrow_mut() {
             Some(f) => f.try_clone().map_err(self.err("dup"))?,
             slot => match self.caps.temp_file_near(self.file) {
@@ -938,39 +1005,59 @@ impl Ctx<'_> {
                 Err(e) => return Err(Error::os(self.op.clone(), "create scratch file", e)),
             },
         };
-        self.cow_hint
-            .borrow_mut()
-            .cover(self.file, c.offset, span_end, self.bs);
+        {
+            let mut st = self.cow.borrow_mut();
+            st.begin(self.file).map_err(self.err("FS_IOC_FSGETXATTR"))?;
+            st.cover(self.file, c.offset, span_end, self.bs);
+        }
         match sys::ficlonerange(&scratch, c.offset, self.file, c.offset, c.len) {
             Ok(()) => {}
             Err(e) if crate::error::kind_of(&e) == ErrorKind::NoSpace => {
                 return Ok(Step::Skipped(SkipReason::NoSpace))
             }
+            // Truncated meanwhile: the chunk is no longer there to move.
+            Err(e)
+                if e.raw_os_error() == Some(libc::EINVAL)
+                    && sys::file_info(self.file).is_ok_and(|i| i.size < c.offset + c.len) =>
+            {
+                return Ok(Step::Skipped(SkipReason::Differs))
+            }
             Err(e) => return Err(Error::os(self.op.clone(), "FICLONERANGE(scratch)", e)),
         }
+        let step = self.unshare(c);
+        // Done with the chunk either way: the old blocks (and, after a
+        // failure, the share) go now. Only frees space: a failure here
+        // leaves them to the scratch file's end.
+        let _ = sys::fallocate(&scratch, Falloc::PunchHole, c.offset, c.len);
+        step
+    }
+
+    /// [`Ctx::cow`]'s `FALLOC_FL_UNSHARE_RANGE` of chunk `c`, retried once
+    /// without the raised hint if the space it reserves is not there.
+    fn unshare(&self, c: &Chunk) -> Result<Step> {
         fail::fail_point!("budge::relocate::before-swap");
+        self.cow.borrow_mut().unshared = true;
         let unshare = || sys::fallocate(self.file, Falloc::UnshareRange, c.offset, c.len);
         let r = match unshare() {
-            // The raised hint reserves the whole run: with too little space
-            // for that, try the chunk alone.
             Err(e)
                 if crate::error::kind_of(&e) == ErrorKind::NoSpace
-                    && self.cow_hint.borrow_mut().give_up() =>
+                    && self.cow.borrow_mut().give_up() =>
             {
                 unshare()
             }
             r => r,
         };
         match r {
-            Ok(()) => {}
+            Ok(()) => Ok(Step::Moved),
             Err(e) if crate::error::kind_of(&e) == ErrorKind::NoSpace => {
-                return Ok(Step::Skipped(SkipReason::NoSpace))
+                Ok(Step::Skipped(SkipReason::NoSpace))
             }
-            Err(e) => return Err(Error::os(self.op.clone(), "fallocate(UNSHARE_RANGE)", e)),
+            Err(e) => Err(Error::os(
+                self.op.clone(),
+                "fallocate(UNSHARE_RANGE|KEEP_SIZE)",
+                e,
+            )),
         }
-        // Only a head start: the final fdatasync reports any error.
-        let _ = sys::start_write_back(self.file, c.offset, c.len);
-        Ok(Step::Moved)
     }
 
     /// The whole chunk is rewritten, like the donor strategies move it:
@@ -1169,13 +1256,29 @@ fn relocate_inner(
         dry_run: opts.dry_run,
         elapsed: Duration::ZERO,
     };
+    let strips = cow_would_strip(file);
     let candidates = match opts.strategy {
         Some(RelocateStrategy::CopyRename) if path.is_none() => {
             return Err(Error::new(ErrorKind::InvalidArgument, op)
                 .with_hint("copy-rename needs the file's path (relocate_path)"))
         }
+        Some(RelocateStrategy::Cow) if strips.is_some() => {
+            return Err(
+                Error::new(ErrorKind::InvalidArgument, op).with_hint(format!(
+                    "cow refused: {}; dedupe keeps them",
+                    strips.unwrap_or_default()
+                )),
+            )
+        }
         Some(s) => vec![s],
-        None => order(caps.fs.kind, path.is_some(), opts.keep_times),
+        None => {
+            let mut v = order(caps.fs.kind, path.is_some(), opts.keep_times);
+            if let Some(why) = strips.filter(|_| v.contains(&RelocateStrategy::Cow)) {
+                v.retain(|&s| s != RelocateStrategy::Cow);
+                report.notes.push(format!("cow: left out: {why}"));
+            }
+            v
+        }
     };
     let before = match extents_in(file, start, end - start) {
         Ok(e) => e,
@@ -1239,7 +1342,7 @@ fn relocate_inner(
         op: op.clone(),
         donor: std::cell::RefCell::new(None),
         scratch: std::cell::RefCell::new(None),
-        cow_hint: std::cell::RefCell::new(CowHint::default()),
+        cow: std::cell::RefCell::new(CowState::default()),
         progress: opts.progress,
     };
     let to_do: u64 = chunks
@@ -1418,20 +1521,21 @@ fn relocate_inner(
     if moved_any && report.strategy != RelocateStrategy::BtrfsDefrag {
         sys::fdatasync(file).map_err(|e| Error::os(op.clone(), "fdatasync", e))?;
     }
-    // After the writeback, which allocates what the raised hint reserved.
-    let mut hint = ctx.cow_hint.borrow_mut();
-    if let Err(e) = hint.restore() {
+    // After the final writeback, which allocates what the raised hint
+    // reserved.
+    let mut cow = ctx.cow.borrow_mut();
+    if let Err(e) = cow.restore() {
         report.notes.push(format!(
-            "cow: could not put back the file's copy-on-write extent size hint ({e})"
+            "cow: could not put back the file's copy-on-write extent size hint and flags ({e})"
         ));
     }
-    report.notes.extend(hint.note.take());
-    drop(hint);
-    if report.strategy == RelocateStrategy::Cow && !pending.is_empty() {
+    report.notes.extend(cow.note.take());
+    if cow.unshared {
         report.notes.push(
             "cow: the file's modification and change times were updated (the kernel counts UNSHARE_RANGE as a write; keep_times / --keep-times moves by dedupe instead)".into(),
         );
     }
+    drop(cow);
     // Dropping the last donor frees the old blocks and its share of the new
     // ones, so FIEMAP can report the file's extents merged.
     drop(ctx);
@@ -1565,6 +1669,27 @@ mod tests {
         assert_eq!(moved_bytes(&before, &before), 0);
         assert_eq!(moved_bytes(&before, &[e(0, 100, 20)]), 10);
         assert_eq!(moved_bytes(&before, &[e(0, 900, 20)]), 20);
+    }
+
+    #[test]
+    fn aligned_hint_divides_the_run() {
+        const M: u64 = 1 << 20;
+        // A whole 1 GiB file, half an allocation group of 768 MiB: twice
+        // 512 MiB.
+        assert_eq!(aligned_hint(0, 1024 * M, 768 * M, 4096), Some(512 * M));
+        // A run at 16 MiB: the hint divides 16 MiB, or the reservation
+        // would start before the run.
+        assert_eq!(aligned_hint(16 * M, 48 * M, 1024 * M, 4096), Some(16 * M));
+        assert_eq!(aligned_hint(64 * M, 32 * M, 1024 * M, 4096), Some(32 * M));
+        // A whole run of 1 MiB + 4 KiB: itself.
+        assert_eq!(aligned_hint(0, M + 4096, 1024 * M, 4096), Some(M + 4096));
+        // 1 MiB at least: a run at 4 KiB has no such divisor.
+        assert_eq!(aligned_hint(4096, 64 * M, 1024 * M, 4096), None);
+        assert_eq!(aligned_hint(0, 0, 1024 * M, 4096), None);
+        for (o, l, m) in [(0, 96 * M, 40 * M), (48 * M, 200 * M, 768 * M)] {
+            let h = aligned_hint(o, l, m, 4096).unwrap();
+            assert!(h <= m && o % h == 0 && l % h == 0 && h % 4096 == 0, "{h}");
+        }
     }
 
     #[test]

@@ -813,43 +813,82 @@ fn fsxattr<Fd: AsFd>(fd: Fd) -> io::Result<Fsxattr> {
     .map_err(Into::into)
 }
 
-/// The file's copy-on-write extent size hint in bytes
-/// (`FS_XFLAG_COWEXTSIZE`, XFS with reflink): how much the kernel
-/// allocates at once when it copies a shared block on write. `None` when
-/// the file has none of its own (the filesystem's default applies).
+/// `FS_XFLAG_PREALLOC`: the file has space preallocated past what it wrote
+/// (XFS then keeps blocks past EOF when the file is closed).
+const FS_XFLAG_PREALLOC: u32 = 0x0000_0020;
+
+/// The attributes of a file that budge's `cow` relocation changes and puts
+/// back (`FS_IOC_FSGETXATTR`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct CowAttrs {
+    /// The copy-on-write extent size hint in bytes (`FS_XFLAG_COWEXTSIZE`,
+    /// XFS with reflink): how much the kernel allocates at once when it
+    /// copies a shared block on write. `None`: the file has none of its own.
+    pub cow_extent_size: Option<u32>,
+    /// `FS_XFLAG_PREALLOC`, which XFS sets on any `fallocate` that may
+    /// allocate, `FALLOC_FL_UNSHARE_RANGE` included.
+    pub prealloc: bool,
+}
+
+/// The file's [`CowAttrs`].
 ///
 /// # Errors
 /// `ENOTTY` where the filesystem has no `FS_IOC_FSGETXATTR`.
 #[doc(alias = "FS_IOC_FSGETXATTR")]
-pub fn cow_extent_size_hint<Fd: AsFd>(fd: Fd) -> io::Result<Option<u32>> {
+pub fn cow_attrs<Fd: AsFd>(fd: Fd) -> io::Result<CowAttrs> {
     let a = fsxattr(fd)?;
-    Ok((a.xflags & FS_XFLAG_COWEXTSIZE != 0).then_some(a.cowextsize))
+    Ok(CowAttrs {
+        cow_extent_size: (a.xflags & FS_XFLAG_COWEXTSIZE != 0).then_some(a.cowextsize),
+        prealloc: a.xflags & FS_XFLAG_PREALLOC != 0,
+    })
 }
 
-/// Sets (`Some(bytes)`, a multiple of the block size) or clears (`None`)
-/// the file's copy-on-write extent size hint, keeping its other attributes.
-/// Changes the file's ctime.
+/// Sets the file's [`CowAttrs`], keeping its other attributes. Changes the
+/// file's ctime.
 ///
 /// # Errors
 /// `EINVAL` for a hint the filesystem refuses (not a multiple of the block
 /// size, over half an allocation group, no reflink); `EPERM` for a file the
 /// caller does not own.
 #[doc(alias = "FS_IOC_FSSETXATTR")]
-pub fn set_cow_extent_size_hint<Fd: AsFd>(fd: Fd, hint: Option<u32>) -> io::Result<()> {
+pub fn set_cow_attrs<Fd: AsFd>(fd: Fd, attrs: CowAttrs) -> io::Result<()> {
     let mut a = fsxattr(&fd)?;
-    match hint {
-        Some(bytes) => {
-            a.xflags |= FS_XFLAG_COWEXTSIZE;
-            a.cowextsize = bytes;
-        }
-        None => {
-            a.xflags &= !FS_XFLAG_COWEXTSIZE;
-            a.cowextsize = 0;
-        }
+    a.xflags &= !(FS_XFLAG_COWEXTSIZE | FS_XFLAG_PREALLOC);
+    a.cowextsize = 0;
+    if let Some(bytes) = attrs.cow_extent_size {
+        a.xflags |= FS_XFLAG_COWEXTSIZE;
+        a.cowextsize = bytes;
+    }
+    if attrs.prealloc {
+        a.xflags |= FS_XFLAG_PREALLOC;
     }
     // SAFETY: FS_IOC_FSSETXATTR reads a `struct fsxattr`, reproduced by
     // `Fsxattr` (size asserted, 28 bytes); the kernel only reads it.
     unsafe { ioctl(fd, Setter::<FS_IOC_FSSETXATTR, Fsxattr>::new(a)) }.map_err(Into::into)
+}
+
+/// The file's copy-on-write extent size hint ([`CowAttrs::cow_extent_size`]).
+///
+/// # Errors
+/// As for [`cow_attrs`].
+pub fn cow_extent_size_hint<Fd: AsFd>(fd: Fd) -> io::Result<Option<u32>> {
+    Ok(cow_attrs(fd)?.cow_extent_size)
+}
+
+/// Sets or clears the file's copy-on-write extent size hint, keeping its
+/// other attributes.
+///
+/// # Errors
+/// As for [`set_cow_attrs`].
+pub fn set_cow_extent_size_hint<Fd: AsFd>(fd: Fd, hint: Option<u32>) -> io::Result<()> {
+    let a = cow_attrs(&fd)?;
+    set_cow_attrs(
+        fd,
+        CowAttrs {
+            cow_extent_size: hint,
+            ..a
+        },
+    )
 }
 
 /// How [`fs_shutdown`] treats the log.

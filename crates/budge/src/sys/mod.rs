@@ -18,10 +18,11 @@ use rustix::fs::{FallocateFlags, Mode, OFlags, SeekFrom};
 use rustix::io::Errno;
 
 pub use ioctl::{
-    btrfs_commit_transaction, btrfs_defrag_range, btrfs_extent_refs, btrfs_subvolume_id,
+    btrfs_commit_transaction, btrfs_defrag_range, btrfs_extent_refs, btrfs_subvolume_id, cow_attrs,
     cow_extent_size_hint, ext4_move_ext, ficlonerange, fideduperange, fiemap, fs_shutdown, is_xfs,
-    set_cow_extent_size_hint, xfs_ag_bytes, xfs_exchange_range, xfs_has_rmapbt, xfs_swapext,
-    BtrfsExtentRef, Dedupe, RawExtent, ShutdownMode, BTRFS_DEFRAG_RANGE_START_IO, FIEMAP_FLAG_SYNC,
+    set_cow_attrs, set_cow_extent_size_hint, xfs_ag_bytes, xfs_exchange_range, xfs_has_rmapbt,
+    xfs_swapext, BtrfsExtentRef, CowAttrs, Dedupe, RawExtent, ShutdownMode,
+    BTRFS_DEFRAG_RANGE_START_IO, FIEMAP_FLAG_SYNC,
 };
 
 /// The `fallocate(2)` modes budge uses.
@@ -39,8 +40,10 @@ pub enum Falloc {
     InsertRange,
     /// `FALLOC_FL_COLLAPSE_RANGE`: remove the range, shifting later data down.
     CollapseRange,
-    /// `FALLOC_FL_UNSHARE_RANGE`: give the range blocks of its own where
-    /// they are shared (copy-on-write through the page cache).
+    /// `FALLOC_FL_UNSHARE_RANGE | FALLOC_FL_KEEP_SIZE`: give the range
+    /// blocks of its own where they are shared (copy-on-write through the
+    /// page cache), never changing the size (without `KEEP_SIZE` XFS grows
+    /// a file truncated meanwhile back to the range's end).
     UnshareRange,
 }
 
@@ -54,7 +57,7 @@ impl Falloc {
             Falloc::ZeroRange => "fallocate(ZERO_RANGE)",
             Falloc::InsertRange => "fallocate(INSERT_RANGE)",
             Falloc::CollapseRange => "fallocate(COLLAPSE_RANGE)",
-            Falloc::UnshareRange => "fallocate(UNSHARE_RANGE)",
+            Falloc::UnshareRange => "fallocate(UNSHARE_RANGE|KEEP_SIZE)",
         }
     }
 
@@ -66,7 +69,7 @@ impl Falloc {
             Falloc::ZeroRange => FallocateFlags::ZERO_RANGE,
             Falloc::InsertRange => FallocateFlags::INSERT_RANGE,
             Falloc::CollapseRange => FallocateFlags::COLLAPSE_RANGE,
-            Falloc::UnshareRange => FallocateFlags::UNSHARE_RANGE,
+            Falloc::UnshareRange => FallocateFlags::UNSHARE_RANGE | FallocateFlags::KEEP_SIZE,
         }
     }
 }
