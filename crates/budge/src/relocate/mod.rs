@@ -977,9 +977,9 @@ impl Ctx<'_> {
     /// dirties its cached pages, writes them back there, remaps them and
     /// waits (`xfs_reflink_unshare`). Readers and writers keep using the
     /// same page cache throughout, and a write during the move is simply
-    /// part of what is written. The scratch file's share of the chunk is
-    /// punched right after, freeing the old blocks, so a run needs free
-    /// space for one chunk at a time.
+    /// part of what is written. Unless the hint is raised, the scratch
+    /// file's share of the chunk is punched right after, freeing the old
+    /// blocks, so a run needs free space for one chunk at a time.
     ///
     /// For the run of chunks to land in one extent, the file's
     /// copy-on-write extent size hint is raised to cover the run
@@ -1025,10 +1025,16 @@ impl Ctx<'_> {
             Err(e) => return Err(Error::os(self.op.clone(), "FICLONERANGE(scratch)", e)),
         }
         let step = self.unshare(c);
-        // Done with the chunk either way: the old blocks (and, after a
-        // failure, the share) go now. Only frees space: a failure here
-        // leaves them to the scratch file's end.
-        let _ = sys::fallocate(&scratch, Falloc::PunchHole, c.offset, c.len);
+        // Without a raised hint, done with the chunk either way: the old
+        // blocks (and, after a failure, the share) go now, so the run needs
+        // room for one chunk at a time. With the hint (room for the run
+        // twice over was there) they stay until the end: freed in the
+        // middle of the run, the hole drew the run's next allocation away
+        // from the first (1 GiB: 2 extents instead of 1). Only frees space:
+        // a failure leaves them to the scratch file's end.
+        if !self.cow.borrow().raised {
+            let _ = sys::fallocate(&scratch, Falloc::PunchHole, c.offset, c.len);
+        }
         step
     }
 
