@@ -25,10 +25,12 @@
 //! - [`RelocateStrategy::Cow`] (XFS with reflink, next): share the chunk
 //!   with a scratch file, then `FALLOC_FL_UNSHARE_RANGE`: the kernel's
 //!   copy-on-write writes the cached pages to new blocks (the file's
-//!   copy-on-write extent size hint raised to the run's length for the
+//!   copy-on-write extent size hint raised to cover the run for the
 //!   duration, so the run lands in one extent). No copy, no compare, the
-//!   page cache untouched; the file's mtime and ctime change, so
-//!   [`RelocateOptions::keep_times`] leaves it out.
+//!   page cache untouched. The kernel counts it as a write: the file's
+//!   mtime and ctime change ([`RelocateOptions::keep_times`] leaves it
+//!   out), and it is never used on setuid/setgid files or files with
+//!   capabilities, which a write clears.
 //! - [`RelocateStrategy::Dedupe`] (XFS, btrfs): copy the chunk into a
 //!   preallocated donor, then `FIDEDUPERANGE` donor → file, which remaps
 //!   only if the bytes are still equal. A concurrent write makes the chunk
