@@ -1264,30 +1264,27 @@ fn relocate_inner(
         dry_run: opts.dry_run,
         elapsed: Duration::ZERO,
     };
-    let strips = cow_would_strip(file);
-    let candidates = match opts.strategy {
+    let mut candidates = match opts.strategy {
         Some(RelocateStrategy::CopyRename) if path.is_none() => {
             return Err(Error::new(ErrorKind::InvalidArgument, op)
                 .with_hint("copy-rename needs the file's path (relocate_path)"))
         }
-        Some(RelocateStrategy::Cow) if strips.is_some() => {
-            return Err(
-                Error::new(ErrorKind::InvalidArgument, op).with_hint(format!(
-                    "cow refused: {}; dedupe keeps them",
-                    strips.unwrap_or_default()
-                )),
-            )
-        }
         Some(s) => vec![s],
-        None => {
-            let mut v = order(caps.fs.kind, path.is_some(), opts.keep_times);
-            if let Some(why) = strips.filter(|_| v.contains(&RelocateStrategy::Cow)) {
-                v.retain(|&s| s != RelocateStrategy::Cow);
-                report.notes.push(format!("cow: left out: {why}"));
-            }
-            v
-        }
+        None => order(caps.fs.kind, path.is_some(), opts.keep_times),
     };
+    // Only where cow may run (the check is an fstat and an fgetxattr).
+    if let Some(why) = candidates
+        .contains(&RelocateStrategy::Cow)
+        .then(|| cow_would_strip(file))
+        .flatten()
+    {
+        if opts.strategy.is_some() {
+            return Err(Error::new(ErrorKind::InvalidArgument, op)
+                .with_hint(format!("cow refused: {why}; dedupe keeps them")));
+        }
+        candidates.retain(|&s| s != RelocateStrategy::Cow);
+        report.notes.push(format!("cow: left out: {why}"));
+    }
     let before = match extents_in(file, start, end - start) {
         Ok(e) => e,
         Err(e) if e.kind() == ErrorKind::Unsupported => {
